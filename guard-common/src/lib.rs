@@ -1,0 +1,179 @@
+//! Types shared by guard's eBPF programs and its userspace.
+//!
+//! Everything here crosses the kernel/user boundary through BPF maps, so every type is
+//! `#[repr(C)]`, `Copy`, free of implicit padding, and holds only integers and byte arrays: no
+//! `bool`, `enum` or `Option` fields (a value written by one side must be a valid value on the
+//! other, whatever its bits). Sizes are asserted at compile time.
+//!
+//! The precise datapath contract these types serve is `docs/datapath.md`.
+#![no_std]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod mac;
+#[cfg(feature = "std")]
+pub mod model;
+pub mod reason;
+
+use core::mem::size_of;
+
+/// Most 802.1Q/802.1ad tags the parser walks; a frame with more is malformed (rule 4).
+pub const MAX_VLAN_TAGS: usize = 2;
+/// Most IPv6 extension headers the parser walks before the upper layer; more is malformed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+/// Port slots in the counter map. Slot 0 counts frames from an ingress interface that has no
+/// entry in [`PORTS`](map_names::PORTS) (still enforced: unknown ports fail closed).
+pub const MAX_PORT_SLOTS: u32 = 1024;
+/// Counter slots per port: one per reason code, rounded up to a power of two.
+pub const REASON_SLOTS: u32 = 16;
+/// Entries of the port table, indexed by ingress ifindex. An array (not a hash) keeps the
+/// per-frame lookup an inlined bounds check plus an add. Ports with a larger ifindex are still
+/// enforced, and counted in slot 0.
+pub const PORT_TABLE_SIZE: u32 = 1 << 16;
+/// Entries of the rule hit-counter array; rule ids are `1..MAX_RULES` (0 means "no rule").
+pub const MAX_RULES: u32 = 1 << 18;
+/// Capacity of each prefix trie (IPv4 and IPv6 separately).
+pub const MAX_PREFIXES: u32 = 1 << 18;
+
+/// Map names, as the eBPF object declares them and as they are pinned.
+pub mod map_names {
+    pub const CONFIG: &str = "GUARD_CONFIG";
+    pub const PORTS: &str = "GUARD_PORTS";
+    pub const MAC_TABLE: &str = "GUARD_MAC_TABLE";
+    pub const RULES_V4: &str = "GUARD_RULES_V4";
+    pub const RULES_V6: &str = "GUARD_RULES_V6";
+    pub const COUNTERS: &str = "GUARD_COUNTERS";
+    pub const RULE_HITS: &str = "GUARD_RULE_HITS";
+    /// Every map, in a fixed order (for pin management).
+    pub const ALL: [&str; 7] = [
+        CONFIG, PORTS, MAC_TABLE, RULES_V4, RULES_V6, COUNTERS, RULE_HITS,
+    ];
+}
+
+/// Program names in the eBPF object.
+pub mod program_names {
+    pub const XDP: &str = "guard_xdp";
+    pub const TC: &str = "guard_tc";
+}
+
+/// Verdicts, as the classifier reports them (the entry points map them to `XDP_*`/`TC_ACT_*`).
+pub mod verdict {
+    pub const PASS: u32 = 0;
+    pub const DROP: u32 = 1;
+}
+
+/// Key of the IPv4 prefix trie: the layout `BPF_MAP_TYPE_LPM_TRIE` requires (prefix length in
+/// host order, then the address in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lpm4Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of the IPv6 prefix trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lpm6Key {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+/// Rule actions. Only [`ACTION_ALLOW`] lets a frame through: any other value denies, so a
+/// corrupted or future value fails closed.
+pub const ACTION_DENY: u16 = 1;
+pub const ACTION_ALLOW: u16 = 2;
+
+/// Built-in rule classes; user-named classes get ids from [`CLASS_USER_FIRST`] up.
+pub const CLASS_UNSPECIFIED: u16 = 0;
+pub const CLASS_MANAGEMENT: u16 = 1;
+pub const CLASS_STORAGE: u16 = 2;
+/// A host's own address (a /32 or /128 host route in the default protected set).
+pub const CLASS_HOST: u16 = 3;
+/// A network the host is attached to (the default protected set), not named by the user.
+pub const CLASS_HOST_NETWORK: u16 = 4;
+pub const CLASS_USER_FIRST: u16 = 16;
+
+/// Value of both prefix tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleValue {
+    /// Index into the rule hit-counter array, `1..MAX_RULES`.
+    pub rule_id: u32,
+    pub action: u16,
+    pub class: u16,
+}
+
+impl RuleValue {
+    #[must_use]
+    pub const fn is_allow(&self) -> bool {
+        self.action == ACTION_ALLOW
+    }
+}
+
+/// Per-port flags.
+pub const PORT_FLAG_MONITOR: u32 = 1;
+
+/// Entry of the port table (indexed by ingress ifindex). All zero means "not registered":
+/// enforced, counted in slot 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Counter slot, `1..MAX_PORT_SLOTS`.
+    pub slot: u32,
+    pub flags: u32,
+}
+
+/// Global flags.
+/// Only unicast host MACs count as host-bound; broadcast and multicast frames pass unjudged.
+pub const GLOBAL_FLAG_STRICT_MAC: u32 = 1;
+/// Count and report would-drop frames, pass them (every port).
+pub const GLOBAL_FLAG_MONITOR: u32 = 2;
+
+/// The single entry of the global configuration array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalConfig {
+    pub flags: u32,
+    /// Reserved for later use; must be zero.
+    pub reserved: [u32; 3],
+}
+
+/// A per-CPU counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Index of a (port slot, reason) pair in the counter array.
+#[inline(always)]
+#[must_use]
+pub const fn counter_index(slot: u32, reason: u32) -> u32 {
+    slot.wrapping_mul(REASON_SLOTS).wrapping_add(reason)
+}
+
+const _: () = assert!(size_of::<Lpm4Key>() == 8);
+const _: () = assert!(size_of::<Lpm6Key>() == 20);
+const _: () = assert!(size_of::<RuleValue>() == 8);
+const _: () = assert!(size_of::<PortConfig>() == 8);
+const _: () = assert!(size_of::<GlobalConfig>() == 16);
+const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(MAX_PORT_SLOTS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
+const _: () = assert!(reason::COUNT <= REASON_SLOTS);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all impls): `#[repr(C)]`, `Copy`, only integer and byte-array fields, no padding
+    // (the size assertions above pin the layouts), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Lpm4Key {}
+    unsafe impl aya::Pod for super::Lpm6Key {}
+    unsafe impl aya::Pod for super::RuleValue {}
+    unsafe impl aya::Pod for super::PortConfig {}
+    unsafe impl aya::Pod for super::GlobalConfig {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::mac::MacTable {}
+}

@@ -1,0 +1,29 @@
+//! ARP (step 7 of docs/datapath.md): a guest must not learn, nor poison, the host's neighbour
+//! entries for protected addresses.
+
+use network_types::arp::ArpHdr;
+
+use crate::{
+    Outcome,
+    frame::{Frame, Malformed},
+    policy,
+};
+use guard_common::reason;
+
+#[inline(always)]
+pub fn classify<F: Frame>(f: &F, o: usize) -> Result<Outcome, Malformed> {
+    let h: &ArpHdr = f.at(o)?;
+    // Ethernet/IPv4 ARP only; anything else addressed to the host fails closed.
+    if h.htype != [0, 1] || h.ptype != [0x08, 0x00] || h.hlen != 6 || h.plen != 4 {
+        return Err(Malformed);
+    }
+    let target = policy::judge_v4(h.tpa, reason::DENY_ARP);
+    if target.reason == reason::DENY_ARP {
+        return Ok(target);
+    }
+    let sender = policy::judge_v4(h.spa, reason::DENY_ARP);
+    if sender.reason == reason::DENY_ARP {
+        return Ok(sender);
+    }
+    Ok(target)
+}

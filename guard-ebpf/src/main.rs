@@ -1,0 +1,160 @@
+//! guard's datapath: one classifier behind an XDP and a TC entry point.
+//!
+//! The verdict order is docs/datapath.md (which refines ../shared/docs/threat-model.md):
+//! not addressed to the host -> pass at once (the hot path); otherwise parse, look up the
+//! destination (or ARP/NS target) in the prefix tries, fail closed on what cannot be parsed.
+//! Every frame leaves through [`account`], which bumps exactly one per-CPU counter.
+#![no_std]
+#![no_main]
+// `atomic_xadd`: core's AtomicU64::fetch_add is not offered for the BPF target, but the
+// intrinsic lowers to the BPF atomic add instruction (what C's __sync_fetch_and_add gives).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
+
+mod arp;
+mod eth;
+mod frame;
+mod ipv4;
+mod ipv6;
+mod maps;
+mod policy;
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use guard_common::{
+    GLOBAL_FLAG_MONITOR, MAX_PORT_SLOTS, PORT_FLAG_MONITOR, PortConfig, counter_index, reason,
+};
+
+use crate::{
+    eth::{ETH_HLEN, P_ARP, P_IPV4, P_IPV6},
+    frame::{Frame, Malformed},
+    maps::{CONFIG, COUNTERS, PORTS, RULE_HITS},
+};
+
+/// What the classifier decided: a reason code (which implies the verdict) and the deny rule
+/// that caused it (0 for none).
+#[derive(Clone, Copy)]
+pub struct Outcome {
+    pub reason: u32,
+    pub rule_id: u32,
+}
+
+impl Outcome {
+    #[inline(always)]
+    pub const fn new(reason: u32, rule_id: u32) -> Self {
+        Self { reason, rule_id }
+    }
+}
+
+/// Steps 1-7 of docs/datapath.md. Every `Malformed` is turned into a drop here, never a pass.
+#[inline(always)]
+fn classify<F: Frame>(f: &F) -> Outcome {
+    match try_classify(f) {
+        Ok(outcome) => outcome,
+        Err(Malformed) => Outcome::new(reason::MALFORMED, 0),
+    }
+}
+
+#[inline(always)]
+fn try_classify<F: Frame>(f: &F) -> Result<Outcome, Malformed> {
+    let eth: &[u8; ETH_HLEN] = f.at(0)?;
+    if !eth::host_bound(eth) {
+        return Ok(Outcome::new(reason::NOT_HOST, 0));
+    }
+    let (proto, off) = eth::skip_vlans(f, eth, f.tags_stripped())?;
+    match proto {
+        P_IPV4 => ipv4::classify(f, off),
+        P_IPV6 => ipv6::classify(f, off),
+        P_ARP => arp::classify(f, off),
+        _ => Ok(Outcome::new(reason::HOST_PASS, 0)),
+    }
+}
+
+/// The single exit: applies monitor mode, bumps one counter slot (and the deny rule's hit
+/// counter), and returns whether to drop.
+#[inline(always)]
+fn account<F: Frame>(f: &F, outcome: Outcome) -> bool {
+    let port = PORTS
+        .get(f.ingress_ifindex())
+        .copied()
+        .unwrap_or(PortConfig { slot: 0, flags: 0 });
+    let mut reason = outcome.reason;
+    let mut drop = reason::is_drop(reason);
+    if drop && monitored(port.flags) {
+        reason = reason.wrapping_add(reason::MONITOR_OFFSET);
+        drop = false;
+    }
+    let slot = if port.slot < MAX_PORT_SLOTS { port.slot } else { 0 };
+    if let Some(c) = COUNTERS.get_ptr_mut(counter_index(slot, reason)) {
+        // SAFETY: a per-CPU slot: no other program run touches it concurrently.
+        unsafe {
+            (*c).packets = (*c).packets.wrapping_add(1);
+            (*c).bytes = (*c).bytes.wrapping_add(u64::from(f.len()));
+        }
+    }
+    if outcome.rule_id != 0
+        && let Some(hits) = RULE_HITS.get_ptr_mut(outcome.rule_id)
+    {
+        // SAFETY: `hits` points at a live, 8-byte aligned u64 of the map value; other CPUs only
+        // touch it atomically too.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(hits, 1) };
+    }
+    drop
+}
+
+#[inline(always)]
+fn monitored(port_flags: u32) -> bool {
+    port_flags & PORT_FLAG_MONITOR != 0
+        || CONFIG
+            .get(0)
+            .is_some_and(|c| c.flags & GLOBAL_FLAG_MONITOR != 0)
+}
+
+#[xdp]
+pub fn guard_xdp(ctx: XdpContext) -> u32 {
+    if account(&ctx, classify(&ctx)) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Bytes made linear before parsing on TC, where the skb may be non-linear (headers must be
+/// readable directly). Covers every header the parser reads short of extension-header chains
+/// longer than this; those fail closed.
+const TC_PULL_BYTES: u32 = 512;
+
+#[classifier]
+pub fn guard_tc(ctx: TcContext) -> i32 {
+    let want = if ctx.len() < TC_PULL_BYTES {
+        ctx.len()
+    } else {
+        TC_PULL_BYTES
+    };
+    if ctx.data_end() - ctx.data() < want as usize {
+        // On failure the parser sees fewer bytes and fails closed for host-bound frames.
+        let _ = ctx.pull_data(want);
+    }
+    if account(&ctx, classify(&ctx)) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a program the verifier accepted: the verifier rejects the loop, so any
+    // panic path that survives optimisation fails the load instead of running.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,43 @@
+//! The maps. Names and value types come from guard-common, so userspace cannot disagree.
+//!
+//! Maps are declared unpinned: userspace chooses where they live (`EbpfLoader::map_pin_path`
+//! under `/sys/fs/bpf/guard/...` for an attached bridge, nowhere for a test run).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray},
+};
+use guard_common::{
+    Counter, GlobalConfig, MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE, PortConfig,
+    REASON_SLOTS, RuleValue, mac::MacTable,
+};
+
+/// Global flags (one entry).
+#[map(name = "GUARD_CONFIG")]
+pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
+
+/// Port table, indexed by ingress ifindex.
+#[map(name = "GUARD_PORTS")]
+pub static PORTS: Array<PortConfig> = Array::with_max_entries(PORT_TABLE_SIZE, 0);
+
+/// The host MAC set (one entry; see guard_common::mac).
+#[map(name = "GUARD_MAC_TABLE")]
+pub static MAC_TABLE: Array<MacTable> = Array::with_max_entries(1, 0);
+
+/// Protected and allowed IPv4 prefixes (address in network order).
+#[map(name = "GUARD_RULES_V4")]
+pub static RULES_V4: LpmTrie<[u8; 4], RuleValue> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// Protected and allowed IPv6 prefixes.
+#[map(name = "GUARD_RULES_V6")]
+pub static RULES_V6: LpmTrie<[u8; 16], RuleValue> = LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// Per-CPU (port slot, reason) counters.
+#[map(name = "GUARD_COUNTERS")]
+pub static COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(MAX_PORT_SLOTS * REASON_SLOTS, 0);
+
+/// Deny-rule hit counters, indexed by rule id. Shared across CPUs (one atomic add on the drop
+/// path only): a per-CPU array of `MAX_RULES` would cost 2 MiB per CPU.
+#[map(name = "GUARD_RULE_HITS")]
+pub static RULE_HITS: Array<u64> = Array::with_max_entries(MAX_RULES, 0);

@@ -81,18 +81,21 @@ pub const fn home_slot(key: u64) -> usize {
 /// Is `key` in the table? The same probe the eBPF program runs, for userspace and tests.
 #[must_use]
 pub fn table_contains(table: &MacTable, key: u64) -> bool {
-    let mut i = home_slot(key);
-    for _ in 0..MAC_PROBE_LIMIT {
-        let slot = table.slots[i & (MAC_TABLE_SLOTS - 1)];
+    for i in probe(key) {
+        let slot = table.slots[i];
         if slot == key {
             return true;
         }
         if slot == EMPTY {
             return false;
         }
-        i += 1;
     }
     false
+}
+
+/// The slots a probe for `key` examines, in order.
+fn probe(key: u64) -> impl Iterator<Item = usize> {
+    (home_slot(key)..home_slot(key) + MAC_PROBE_LIMIT).map(|i| i & (MAC_TABLE_SLOTS - 1))
 }
 
 /// Why an insert failed.
@@ -104,8 +107,12 @@ pub enum InsertError {
 }
 
 impl MacTable {
-    /// An empty table.
+    /// An empty table (32 KiB: callers keep it in a `Box` or a map value).
     #[must_use]
+    #[expect(
+        clippy::large_stack_arrays,
+        reason = "the map value type; userspace boxes it"
+    )]
     pub const fn new() -> Self {
         Self {
             slots: [EMPTY; MAC_TABLE_SLOTS],
@@ -145,14 +152,12 @@ impl MacTable {
         if self.len() >= MAC_TABLE_MAX_ENTRIES {
             return Err(InsertError::Full);
         }
-        let mut i = home_slot(key);
-        for _ in 0..MAC_PROBE_LIMIT {
-            let slot = &mut self.slots[i & (MAC_TABLE_SLOTS - 1)];
+        for i in probe(key) {
+            let slot = &mut self.slots[i];
             if *slot == EMPTY || *slot == TOMBSTONE {
                 *slot = key;
                 return Ok(true);
             }
-            i += 1;
         }
         Err(InsertError::Full)
     }
@@ -160,9 +165,8 @@ impl MacTable {
     /// Removes `mac` (its slot becomes a tombstone). Returns whether it was present.
     pub fn remove(&mut self, mac: [u8; 6]) -> bool {
         let key = mac_key(mac);
-        let mut i = home_slot(key);
-        for _ in 0..MAC_PROBE_LIMIT {
-            let slot = &mut self.slots[i & (MAC_TABLE_SLOTS - 1)];
+        for i in probe(key) {
+            let slot = &mut self.slots[i];
             if *slot == key {
                 *slot = TOMBSTONE;
                 return true;
@@ -170,7 +174,6 @@ impl MacTable {
             if *slot == EMPTY {
                 return false;
             }
-            i += 1;
         }
         false
     }

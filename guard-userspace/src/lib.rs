@@ -1,4 +1,19 @@
-//! guard's userspace library.
+//! guard's userspace library: discovery over netlink, the policy, the maps, attaching and
+//! detaching bridges, and reading the counters. `guardctl` is a thin CLI over it.
 
-/// The release build of the eBPF object (programs `guard_xdp`, `guard_tc`).
+pub mod attach;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod maps;
+pub mod netns;
+pub mod pins;
+pub mod policy;
+pub mod state;
+pub mod stats;
+
+pub use error::{GuardError, Result};
+
+/// The release build of the eBPF object (programs `guard_xdp`, `guard_tc`), built by
+/// build.rs from guard-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard"));

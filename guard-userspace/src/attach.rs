@@ -1,0 +1,722 @@
+//! Attaching, re-attaching and detaching a bridge.
+//!
+//! An attach is: discover (fail before touching anything if the bridge is missing or not a
+//! bridge, or the policy is contradictory) -> load the programs with the maps pinned under the
+//! bridge's pin directory (reusing maps already pinned there, so counters keep counting) ->
+//! fill the maps -> hook every port, reusing a pinned link with `BPF_LINK_UPDATE` where one
+//! exists (the kernel swaps the program atomically: no frame passes unjudged) -> pin programs
+//! and links -> record the state. A first attach that fails part way removes everything it
+//! made.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        xdp::XdpLink,
+    },
+};
+use guard_common::{
+    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_STRICT_MAC, MAX_PORT_SLOTS, PORT_FLAG_MONITOR, PortConfig,
+    map_names, program_names,
+};
+
+use crate::{
+    EBPF_OBJECT,
+    discovery::{Discovery, Iface, Mac, fmt_mac, parse_mac},
+    error::{GuardError, Result},
+    maps::GuardMaps,
+    pins::{Location, ensure_bpffs},
+    policy::Policy,
+    state::{HookMode, Options, PortState, State, now},
+};
+
+/// Priority and handle of guard's `cls_bpf` filter in `--hook tc` mode (fixed, so a later
+/// attach finds and replaces it atomically).
+const TC_PRIORITY: u16 = 0x4755;
+const TC_HANDLE: TcHandle = TcHandle::new(0x4755, 1);
+
+/// The hook asked for on the command line or in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    XdpGeneric,
+    Tc,
+    Tcx,
+}
+
+impl Hook {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "" | "xdp" => Ok(Self::Xdp),
+            "xdp-generic" => Ok(Self::XdpGeneric),
+            "tc" => Ok(Self::Tc),
+            "tcx" => Ok(Self::Tcx),
+            other => Err(GuardError::Policy(format!(
+                "unknown hook {other:?}: use xdp, xdp-generic, tc or tcx"
+            ))),
+        }
+    }
+
+    /// The modes tried for a port, best first. A port that refuses one falls back to the
+    /// next (and `status` says why).
+    #[must_use]
+    pub fn candidates(self) -> &'static [HookMode] {
+        match self {
+            Self::Xdp => &[
+                HookMode::XdpNative,
+                HookMode::XdpGeneric,
+                HookMode::Tcx,
+                HookMode::Tc,
+            ],
+            Self::XdpGeneric => &[HookMode::XdpGeneric, HookMode::Tcx, HookMode::Tc],
+            Self::Tcx => &[HookMode::Tcx, HookMode::Tc],
+            Self::Tc => &[HookMode::Tc],
+        }
+    }
+}
+
+/// A cheap identity of the embedded object: a new build gets new programs on attach, the
+/// same build reuses the pinned ones.
+#[must_use]
+pub fn object_id(object: &[u8]) -> String {
+    // FNV-1a, 64 bit: identity, not security.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in object {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}-{}", object.len())
+}
+
+/// Checks for the privileges attaching needs, before anything is touched.
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: no arguments, cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    // CAP_NET_ADMIN = 12, CAP_SYS_ADMIN = 21, CAP_BPF = 39.
+    if has(12) && (has(39) || has(21)) {
+        Ok(())
+    } else {
+        Err(GuardError::Permission(
+            "not root and without CAP_BPF and CAP_NET_ADMIN".to_owned(),
+        ))
+    }
+}
+
+/// The programs, freshly loaded or opened from their pins.
+enum Programs {
+    Loaded(Box<Ebpf>),
+    Pinned {
+        xdp: Box<Xdp>,
+        tc: Box<SchedClassifier>,
+    },
+}
+
+impl Programs {
+    fn xdp(&mut self) -> Result<&mut Xdp> {
+        match self {
+            Self::Loaded(ebpf) => ebpf
+                .program_mut(program_names::XDP)
+                .ok_or_else(|| GuardError::program(program_names::XDP, missing()))?
+                .try_into()
+                .map_err(|e| GuardError::program(program_names::XDP, e)),
+            Self::Pinned { xdp, .. } => Ok(xdp),
+        }
+    }
+
+    fn tc(&mut self) -> Result<&mut SchedClassifier> {
+        match self {
+            Self::Loaded(ebpf) => ebpf
+                .program_mut(program_names::TC)
+                .ok_or_else(|| GuardError::program(program_names::TC, missing()))?
+                .try_into()
+                .map_err(|e| GuardError::program(program_names::TC, e)),
+            Self::Pinned { tc, .. } => Ok(tc),
+        }
+    }
+}
+
+fn missing() -> ProgramError {
+    ProgramError::UnexpectedProgramType
+}
+
+/// An attached (or being attached) bridge.
+pub struct Guard {
+    pub loc: Location,
+    pub state: State,
+    pub maps: GuardMaps,
+    progs: Programs,
+}
+
+/// What a reconcile changed, for the caller to print.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub hooked: Vec<(String, HookMode, Option<String>)>,
+    pub unhooked: Vec<String>,
+    pub rule_writes: usize,
+    pub macs_changed: bool,
+}
+
+impl Guard {
+    /// Loads (or reuses) the programs and maps for `loc`. Does not hook anything yet.
+    fn open_for_attach(loc: &Location, object: &[u8]) -> Result<(Self, bool)> {
+        ensure_bpffs()?;
+        let existed = loc.is_attached();
+        let old_state = if existed { State::load(loc)? } else { None };
+        let pin_dir = loc.pin_dir();
+        fs::create_dir_all(&pin_dir).map_err(|source| GuardError::Bpffs {
+            path: pin_dir.clone(),
+            source,
+        })?;
+        let id = object_id(object);
+        let reuse_progs = old_state.as_ref().is_some_and(|s| s.object_id == id)
+            && loc.prog_pin("xdp").exists()
+            && loc.prog_pin("tc").exists();
+        let result = (|| {
+            if reuse_progs {
+                let maps = GuardMaps::open(loc)?;
+                let xdp = Xdp::from_pin(
+                    loc.prog_pin("xdp"),
+                    aya_obj::programs::XdpAttachType::Interface,
+                )
+                .map_err(|e| GuardError::program(program_names::XDP, e))?;
+                let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                return Ok((
+                    maps,
+                    Programs::Pinned {
+                        xdp: Box::new(xdp),
+                        tc: Box::new(tc),
+                    },
+                ));
+            }
+            let mut loader = EbpfLoader::new();
+            let paths: Vec<_> = map_names::ALL
+                .iter()
+                .map(|n| (*n, loc.map_pin(n)))
+                .collect();
+            for (name, path) in &paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+            let mut ebpf = loader
+                .load(object)
+                .map_err(|e| GuardError::Load(Box::new(e)))?;
+            let maps = GuardMaps::from_ebpf(&mut ebpf)?;
+            let mut progs = Programs::Loaded(Box::new(ebpf));
+            progs
+                .xdp()?
+                .load()
+                .map_err(|e| GuardError::program(program_names::XDP, e))?;
+            progs
+                .tc()?
+                .load()
+                .map_err(|e| GuardError::program(program_names::TC, e))?;
+            Ok((maps, progs))
+        })();
+        let (maps, progs) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if !existed {
+                    let _ = loc.remove_all();
+                }
+                return Err(e);
+            }
+        };
+        let state = old_state.unwrap_or_else(|| State {
+            bridge: loc.bridge.clone(),
+            netns: loc.netns.clone(),
+            since: now(),
+            ..State::default()
+        });
+        let mut guard = Self {
+            loc: loc.clone(),
+            state,
+            maps,
+            progs,
+        };
+        guard.state.object_id = id;
+        Ok((guard, existed))
+    }
+
+    /// `guardctl attach`: attach or re-attach `loc.bridge` with `options`.
+    pub fn attach(
+        loc: &Location,
+        options: Options,
+        discovery: &Discovery,
+        object: &[u8],
+    ) -> Result<(Self, Changes)> {
+        check_privileges()?;
+        // Validate everything that can be validated before touching the kernel.
+        Hook::parse(&options.hook)?;
+        let policy = Policy::build(&options, discovery)?;
+        for m in &options.extra_macs {
+            parse_mac(m)
+                .ok_or_else(|| GuardError::Policy(format!("{m:?} is not a MAC address")))?;
+        }
+        let (mut guard, existed) = Self::open_for_attach(loc, object)?;
+        guard.state.options = options;
+        match guard.reconcile_with(discovery, &policy) {
+            Ok(changes) => {
+                if let Err(e) = guard.pin_programs().and_then(|()| guard.save()) {
+                    if !existed {
+                        guard.teardown();
+                    }
+                    return Err(e);
+                }
+                Ok((guard, changes))
+            }
+            Err(e) => {
+                if !existed {
+                    guard.teardown();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens an attached bridge (for the agent restarting, `rules`, ...), reusing the pinned
+    /// programs if they came from this build, else loading and swapping in the new ones.
+    pub fn adopt(loc: &Location, object: &[u8]) -> Result<Self> {
+        if !loc.is_attached() {
+            return Err(GuardError::NotAttached(loc.bridge.clone()));
+        }
+        let (guard, _) = Self::open_for_attach(loc, object)?;
+        Ok(guard)
+    }
+
+    /// Brings maps and hooks in line with `discovery` and the stored options.
+    pub fn reconcile(&mut self, discovery: &Discovery) -> Result<Changes> {
+        let policy = Policy::build(&self.state.options, discovery)?;
+        let changes = self.reconcile_with(discovery, &policy)?;
+        self.pin_programs()?;
+        self.save()?;
+        Ok(changes)
+    }
+
+    fn reconcile_with(&mut self, discovery: &Discovery, policy: &Policy) -> Result<Changes> {
+        let mut changes = Changes::default();
+        let o = self.state.options.clone();
+        let hook = Hook::parse(&o.hook)?;
+
+        // Global flags.
+        let mut flags = 0;
+        if o.strict_mac {
+            flags |= GLOBAL_FLAG_STRICT_MAC;
+        }
+        if o.monitor {
+            flags |= GLOBAL_FLAG_MONITOR;
+        }
+        if self.maps.flags()? != flags {
+            self.maps.set_flags(flags)?;
+        }
+
+        // Host MACs: discovered plus configured.
+        let mut macs: BTreeMap<Mac, String> = discovery
+            .host_macs
+            .iter()
+            .map(|(m, s)| (*m, s.to_string()))
+            .collect();
+        for m in &o.extra_macs {
+            if let Some(mac) = parse_mac(m) {
+                macs.entry(mac).or_insert_with(|| "config".to_owned());
+            }
+        }
+        let set: BTreeSet<Mac> = macs.keys().copied().collect();
+        let before: BTreeSet<Mac> = self.maps.mac_table()?.macs().collect();
+        if before != set {
+            self.maps.set_host_macs(&set)?;
+            changes.macs_changed = true;
+        }
+        self.state.host_macs = macs.iter().map(|(m, s)| (fmt_mac(m), s.clone())).collect();
+
+        // Policy (window-free order, see policy::plan).
+        changes.rule_writes = self.maps.set_policy(policy, &mut self.state.classes)?;
+        self.state.policy = policy.clone();
+
+        // Hooks: every port, plus the bridge device itself with --bridge-hook.
+        let mut wanted: Vec<(Iface, bool)> =
+            discovery.ports.iter().map(|p| (p.clone(), false)).collect();
+        if o.bridge_hook {
+            wanted.push((discovery.bridge.clone(), true));
+        }
+        let wanted_idx: BTreeSet<u32> = wanted.iter().map(|(i, _)| i.index).collect();
+
+        // Unhook what left first (a port that left the bridge must not keep a slot).
+        let gone: Vec<u32> = self
+            .state
+            .ports
+            .keys()
+            .filter(|i| !wanted_idx.contains(i))
+            .copied()
+            .collect();
+        for ifindex in gone {
+            if let Some(p) = self.state.ports.remove(&ifindex) {
+                self.unhook(ifindex, &p);
+                self.maps.clear_port(ifindex)?;
+                changes.unhooked.push(p.name);
+            }
+        }
+        for (iface, is_bridge) in wanted {
+            let monitor = o.monitor_ports.contains(&iface.name);
+            let known = self.state.ports.get(&iface.index).cloned();
+            let slot = if let Some(p) = &known {
+                p.slot
+            } else {
+                let slot = self.free_slot()?;
+                self.maps.reset_counters(slot)?;
+                slot
+            };
+            let port_cfg = PortConfig {
+                slot,
+                flags: if monitor { PORT_FLAG_MONITOR } else { 0 },
+            };
+            if self.maps.port(iface.index)? != port_cfg {
+                self.maps.set_port(iface.index, port_cfg)?;
+            }
+            // Hook (or swap the program in the existing hook).
+            let (mode, fallback) = self.hook(&iface, is_bridge, hook, known.as_ref())?;
+            if known.as_ref().is_none_or(|k| k.mode != mode) {
+                changes
+                    .hooked
+                    .push((iface.name.clone(), mode, fallback.clone()));
+            }
+            if let Some(k) = &known
+                && k.mode.pin_name() != mode.pin_name()
+            {
+                // Changed hook type: the new hook is in place, now drop the old one.
+                self.unhook(iface.index, k);
+            }
+            self.state.ports.insert(
+                iface.index,
+                PortState {
+                    name: iface.name.clone(),
+                    slot,
+                    mode,
+                    fallback,
+                    is_bridge,
+                },
+            );
+        }
+        self.state.updated = now();
+        Ok(changes)
+    }
+
+    fn free_slot(&self) -> Result<u32> {
+        let used: BTreeSet<u32> = self.state.ports.values().map(|p| p.slot).collect();
+        (1..MAX_PORT_SLOTS)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| GuardError::Policy(format!("more than {} ports", MAX_PORT_SLOTS - 1)))
+    }
+
+    /// Hooks one interface. With a hook already in place of the same kind, swaps the program
+    /// atomically instead; else tries the candidate modes in order.
+    fn hook(
+        &mut self,
+        iface: &Iface,
+        is_bridge: bool,
+        hook: Hook,
+        known: Option<&PortState>,
+    ) -> Result<(HookMode, Option<String>)> {
+        // The bridge device sees only frames the bridge passes up; XDP there is generic-only
+        // and TC is the documented hook (../shared/docs/toolchain.md).
+        let candidates: &[HookMode] = if is_bridge {
+            &[HookMode::Tcx, HookMode::Tc]
+        } else {
+            hook.candidates()
+        };
+        // Keep an existing hook when it is one the request allows (swap the program in
+        // place); otherwise hook anew and let the caller remove the old hook afterwards, so
+        // the interface is never without one.
+        let known = known.filter(|k| candidates.contains(&k.mode));
+        if let Some(k) = known
+            && k.mode != HookMode::Tc
+            && self.loc.link_pin(k.mode.pin_name(), iface.index).exists()
+        {
+            self.swap(iface, k.mode)?;
+            return Ok((k.mode, k.fallback.clone()));
+        }
+        if let Some(k) = known
+            && k.mode == HookMode::Tc
+        {
+            self.swap(iface, HookMode::Tc)?;
+            return Ok((k.mode, k.fallback.clone()));
+        }
+        let mut refused = Vec::new();
+        for &mode in candidates {
+            match self.hook_new(iface, mode) {
+                Ok(()) => {
+                    let fallback = (!refused.is_empty()).then(|| refused.join("; "));
+                    if let Some(f) = &fallback {
+                        log::warn!("{}: hooked in {mode} mode ({f})", iface.name);
+                    }
+                    return Ok((mode, fallback));
+                }
+                Err(e) => refused.push(format!("{mode} refused: {}", error_chain(&e))),
+            }
+        }
+        Err(GuardError::PortRefused {
+            port: iface.name.clone(),
+            reasons: refused.join("; "),
+        })
+    }
+
+    fn hook_new(&mut self, iface: &Iface, mode: HookMode) -> Result<()> {
+        let pin = self.loc.link_pin(mode.pin_name(), iface.index);
+        let fd_link: FdLink = match mode {
+            HookMode::XdpNative | HookMode::XdpGeneric => {
+                let flags = if mode == HookMode::XdpNative {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                let xdp = self.progs.xdp()?;
+                let id = xdp
+                    .attach_to_if_index(iface.index, flags)
+                    .map_err(|e| GuardError::program(program_names::XDP, e))?;
+                let link = xdp
+                    .take_link(id)
+                    .map_err(|e| GuardError::program(program_names::XDP, e))?;
+                FdLink::try_from(link).map_err(|e| GuardError::Link {
+                    path: pin.clone(),
+                    source: Box::new(e),
+                })?
+            }
+            HookMode::Tcx => {
+                let tc = self.progs.tc()?;
+                let id = tc
+                    .attach_with_options(
+                        &iface.name,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                let link = tc
+                    .take_link(id)
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                FdLink::try_from(link).map_err(|e| GuardError::Link {
+                    path: pin.clone(),
+                    source: Box::new(e),
+                })?
+            }
+            HookMode::Tc => {
+                // cls_bpf filters are not bpf links and cannot be pinned: the clsact qdisc
+                // holds them, so they survive guardctl's exit on their own.
+                match tc::qdisc_add_clsact(&iface.name) {
+                    Ok(()) => {}
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    }
+                    Err(e) => {
+                        return Err(GuardError::program(
+                            program_names::TC,
+                            ProgramError::from(e),
+                        ));
+                    }
+                }
+                let tc = self.progs.tc()?;
+                let id = tc
+                    .attach_with_options(
+                        &iface.name,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: TC_PRIORITY,
+                            handle: TC_HANDLE,
+                            ..NlOptions::default()
+                        }),
+                    )
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                let link = tc
+                    .take_link(id)
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                // Dropping the link object would remove the filter.
+                std::mem::forget(link);
+                return Ok(());
+            }
+        };
+        fd_link.pin(&pin).map_err(|e| GuardError::Pin {
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(())
+    }
+
+    /// Replaces the program behind an existing hook, atomically.
+    fn swap(&mut self, iface: &Iface, mode: HookMode) -> Result<()> {
+        let pin = self.loc.link_pin(mode.pin_name(), iface.index);
+        let link_err = |path: &std::path::Path, e| GuardError::Link {
+            path: path.to_owned(),
+            source: Box::new(e),
+        };
+        match mode {
+            HookMode::XdpNative | HookMode::XdpGeneric => {
+                let pinned = PinnedLink::from_pin(&pin).map_err(|e| link_err(&pin, e))?;
+                let link =
+                    XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_err(&pin, e))?;
+                let xdp = self.progs.xdp()?;
+                let id = xdp
+                    .attach_to_link(link)
+                    .map_err(|e| GuardError::program(program_names::XDP, e))?;
+                // The pin keeps the link; our fd can go.
+                drop(xdp.take_link(id));
+            }
+            HookMode::Tcx => {
+                let pinned = PinnedLink::from_pin(&pin).map_err(|e| link_err(&pin, e))?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| link_err(&pin, e))?;
+                let tc = self.progs.tc()?;
+                let id = tc
+                    .attach_to_link(link)
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                drop(tc.take_link(id));
+            }
+            HookMode::Tc => {
+                let link = SchedClassifierLink::attached(
+                    &iface.name,
+                    TcAttachType::Ingress,
+                    TC_PRIORITY,
+                    TC_HANDLE,
+                    None,
+                )
+                .map_err(|e| {
+                    GuardError::program(
+                        program_names::TC,
+                        ProgramError::from(tc::TcError::IoError(e)),
+                    )
+                })?;
+                let tc = self.progs.tc()?;
+                let id = tc
+                    .attach_to_link(link)
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                let link = tc
+                    .take_link(id)
+                    .map_err(|e| GuardError::program(program_names::TC, e))?;
+                std::mem::forget(link);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the hook of an interface. Best effort: the interface may be gone already
+    /// (then the kernel has released its hook with it).
+    fn unhook(&self, ifindex: u32, port: &PortState) {
+        match port.mode {
+            HookMode::Tc => {
+                if let Ok(link) = SchedClassifierLink::attached(
+                    &port.name,
+                    TcAttachType::Ingress,
+                    TC_PRIORITY,
+                    TC_HANDLE,
+                    None,
+                ) {
+                    drop(link);
+                }
+            }
+            mode => {
+                let pin = self.loc.link_pin(mode.pin_name(), ifindex);
+                match fs::remove_file(&pin) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => log::warn!("removing {}: {e}", pin.display()),
+                }
+            }
+        }
+    }
+
+    fn pin_programs(&mut self) -> Result<()> {
+        if matches!(self.progs, Programs::Pinned { .. }) {
+            return Ok(());
+        }
+        for (hook, name) in [("xdp", program_names::XDP), ("tc", program_names::TC)] {
+            let path = self.loc.prog_pin(hook);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(GuardError::Bpffs { path, source }),
+            }
+            let res = if hook == "xdp" {
+                self.progs.xdp()?.pin(&path)
+            } else {
+                self.progs.tc()?.pin(&path)
+            };
+            res.map_err(|e| GuardError::Pin {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+            let _ = name;
+        }
+        Ok(())
+    }
+
+    pub fn save(&self) -> Result<()> {
+        self.state.save(&self.loc)
+    }
+
+    /// Removes every hook, pin and the state. Used for `detach` and to roll back a failed
+    /// first attach.
+    pub fn teardown(self) {
+        for (ifindex, port) in &self.state.ports {
+            self.unhook(*ifindex, port);
+        }
+        let _ = self.loc.remove_all();
+    }
+}
+
+/// `guardctl detach`: idempotent; leaves other bridges alone. Returns whether anything was
+/// attached.
+pub fn detach(loc: &Location) -> Result<bool> {
+    check_privileges()?;
+    if !loc.is_attached() && State::load(loc)?.is_none() {
+        return Ok(false);
+    }
+    if let Some(state) = State::load(loc)? {
+        for (ifindex, port) in &state.ports {
+            if port.mode == HookMode::Tc {
+                if let Ok(link) = SchedClassifierLink::attached(
+                    &port.name,
+                    TcAttachType::Ingress,
+                    TC_PRIORITY,
+                    TC_HANDLE,
+                    None,
+                ) {
+                    drop(link);
+                }
+            } else {
+                let _ = ifindex;
+            }
+        }
+    }
+    // Removing the pins releases the links (and with them the hooks) and the maps.
+    loc.remove_all()?;
+    Ok(true)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// The default object: the release build embedded in this binary.
+#[must_use]
+pub fn embedded_object() -> &'static [u8] {
+    EBPF_OBJECT
+}

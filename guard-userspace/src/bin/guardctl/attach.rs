@@ -1,0 +1,112 @@
+//! `guardctl attach`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use guard::{
+    attach::{Guard, embedded_object},
+    config, discovery,
+    policy::{parse_allow, parse_protect},
+    state::Options,
+};
+
+use crate::{Cli, output};
+
+#[derive(Args, Clone)]
+pub struct AttachArgs {
+    /// The guest bridge (e.g. br-guest).
+    pub bridge: String,
+    /// Protect CIDR (drop guest frames to it), with an optional class name (management,
+    /// storage, or your own). Repeatable. Without any, guard protects every network and
+    /// address the host holds outside the bridge (link-local and multicast excepted).
+    #[arg(long, value_name = "CIDR[=CLASS]")]
+    pub protect: Vec<String>,
+    /// Let guests reach CIDR even inside a protected range (longest prefix wins).
+    #[arg(long, value_name = "CIDR[=CLASS]")]
+    pub allow: Vec<String>,
+    /// Read options for BRIDGE from this TOML file (flags add to it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Hook: xdp (native, falling back to generic per port), xdp-generic, tc or tcx.
+    #[arg(long, value_name = "HOOK")]
+    pub hook: Option<String>,
+    /// Also hook TC ingress on the bridge device (defence in depth: it sees every
+    /// host-bound frame from all ports).
+    #[arg(long)]
+    pub bridge_hook: bool,
+    /// Count and report would-drop frames, but pass them.
+    #[arg(long)]
+    pub monitor: bool,
+    /// Monitor mode only on this port (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub monitor_port: Vec<String>,
+    /// Only unicast host MACs are host-bound (broadcast/multicast frames are not judged).
+    #[arg(long)]
+    pub strict_mac: bool,
+    /// Treat this MAC as the host's too (repeatable).
+    #[arg(long, value_name = "MAC")]
+    pub host_mac: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The options for an attach: the configuration file's entry for the bridge, if any, with
+/// the flags added.
+pub fn options(a: &AttachArgs) -> Result<Options> {
+    let mut o = match &a.config {
+        Some(path) => {
+            let cfg = config::load(path)?;
+            cfg.bridge(&a.bridge).cloned().with_context(|| {
+                format!("{} has no [[bridge]] named {:?}", path.display(), a.bridge)
+            })?
+        }
+        None => Options {
+            hook: "xdp".to_owned(),
+            ..Options::default()
+        },
+    };
+    if let Some(h) = &a.hook {
+        o.hook.clone_from(h);
+    }
+    o.bridge_hook |= a.bridge_hook;
+    o.monitor |= a.monitor;
+    o.strict_mac |= a.strict_mac;
+    o.monitor_ports.extend(a.monitor_port.iter().cloned());
+    o.extra_macs.extend(a.host_mac.iter().cloned());
+    for p in &a.protect {
+        o.protect.push(parse_protect(p, "cli")?);
+    }
+    for p in &a.allow {
+        o.allow.push(parse_allow(p, "cli")?);
+    }
+    Ok(o)
+}
+
+pub async fn attach(cli: &Cli, a: &AttachArgs) -> Result<Guard> {
+    let loc = cli.location(&a.bridge);
+    let opts = options(a)?;
+    let handle = discovery::connect()?;
+    let found = discovery::discover(&handle, &a.bridge)
+        .await
+        .with_context(|| format!("discovering bridge {:?}", a.bridge))?;
+    let (guard, changes) = Guard::attach(&loc, opts, &found, embedded_object())
+        .with_context(|| format!("attaching to bridge {:?}", a.bridge))?;
+    for (port, mode, fallback) in &changes.hooked {
+        if let Some(why) = fallback {
+            eprintln!("guardctl: {port}: using {mode} ({why})");
+        }
+    }
+    Ok(guard)
+}
+
+pub async fn run(cli: &Cli, a: &AttachArgs) -> Result<ExitCode> {
+    let guard = attach(cli, a).await?;
+    if a.json {
+        output::print_json(&output::status_of(&guard.loc, &guard.state))?;
+    } else {
+        print!("{}", output::describe(&guard.loc, &guard.state));
+    }
+    Ok(ExitCode::SUCCESS)
+}

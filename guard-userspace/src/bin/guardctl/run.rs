@@ -1,0 +1,143 @@
+//! `guardctl run`: the agent.
+//!
+//! Attaches like `attach`, then follows rtnetlink events (links, bridge FDB and neighbours,
+//! addresses). After each burst of events it re-discovers and reconciles: a port enslaved to
+//! the bridge is hooked, a port that left is unhooked, host MAC and address changes reach
+//! the maps. SIGTERM and SIGINT end the agent and leave enforcement pinned; SIGHUP re-reads
+//! the configuration file.
+
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use futures::StreamExt as _;
+use guard::{attach::Guard, config, discovery};
+use rtnetlink::sys::AsyncSocket as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{Cli, attach::AttachArgs, output};
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+}
+
+// rtnetlink multicast groups (linux/rtnetlink.h).
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+
+/// Quiet time that ends a burst of events, and the longest a burst may delay a reconcile
+/// (a steady stream of FDB learning must not starve it).
+const SETTLE: Duration = Duration::from_millis(30);
+const MAX_DELAY: Duration = Duration::from_millis(200);
+
+pub async fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
+    let bridge = a.attach.bridge.clone();
+    // Subscribe before the first discovery, so nothing between the two is missed.
+    let (mut conn, handle, mut events) =
+        rtnetlink::new_connection().context("opening the rtnetlink event socket")?;
+    for group in [
+        RTNLGRP_LINK,
+        RTNLGRP_NEIGH,
+        RTNLGRP_IPV4_IFADDR,
+        RTNLGRP_IPV6_IFADDR,
+    ] {
+        conn.socket_mut()
+            .socket_mut()
+            .add_membership(group)
+            .with_context(|| format!("joining rtnetlink group {group}"))?;
+    }
+    tokio::spawn(conn);
+
+    let mut guard = crate::attach::attach(cli, &a.attach).await?;
+    print!("{}", output::describe(&guard.loc, &guard.state));
+    println!("guard: agent following {bridge}; SIGTERM/SIGINT leave enforcement in place");
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            ev = events.next() => {
+                if ev.is_none() {
+                    anyhow::bail!("the rtnetlink event socket closed");
+                }
+                let start = Instant::now();
+                while start.elapsed() < MAX_DELAY {
+                    match tokio::time::timeout(SETTLE, events.next()).await {
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    }
+                }
+                if let Err(e) = reconcile(&mut guard, &handle, &bridge).await {
+                    // Keep running: enforcement stays as it was; the next event retries.
+                    eprintln!("guardctl: reconciling {bridge}: {e:#}");
+                }
+            }
+            _ = hup.recv() => {
+                if let Err(e) = reload(&mut guard, &handle, &bridge).await {
+                    eprintln!("guardctl: reloading the configuration: {e:#}");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    println!(
+        "guard: agent exiting; {bridge} stays protected (guardctl detach {bridge} removes it)"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reconcile(guard: &mut Guard, handle: &rtnetlink::Handle, bridge: &str) -> Result<()> {
+    let found = discovery::discover(handle, bridge)
+        .await
+        .with_context(|| format!("discovering bridge {bridge:?}"))?;
+    let changes = guard.reconcile(&found)?;
+    for (port, mode, fallback) in &changes.hooked {
+        let fb = fallback
+            .as_deref()
+            .map_or(String::new(), |f| format!(" ({f})"));
+        println!("guard: {bridge}: hooked {port} ({mode}){fb}");
+    }
+    for port in &changes.unhooked {
+        println!("guard: {bridge}: released {port}");
+    }
+    if changes.macs_changed {
+        println!(
+            "guard: {bridge}: host MAC set updated ({} MACs)",
+            guard.state.host_macs.len()
+        );
+    }
+    if changes.rule_writes > 0 {
+        println!(
+            "guard: {bridge}: policy updated ({} map writes)",
+            changes.rule_writes
+        );
+    }
+    Ok(())
+}
+
+async fn reload(guard: &mut Guard, handle: &rtnetlink::Handle, bridge: &str) -> Result<()> {
+    let Some(path) = guard.state.options.config_file.clone() else {
+        println!("guard: SIGHUP: no configuration file to re-read");
+        return Ok(());
+    };
+    let cfg = config::load(&path)?;
+    let mut opts = cfg
+        .bridge(bridge)
+        .cloned()
+        .with_context(|| format!("{} no longer configures {bridge:?}", path.display()))?;
+    // Live rule changes survive a reload.
+    opts.added = std::mem::take(&mut guard.state.options.added);
+    opts.removed = std::mem::take(&mut guard.state.options.removed);
+    guard.state.options = opts;
+    println!("guard: re-read {}", path.display());
+    reconcile(guard, handle, bridge).await
+}

@@ -1,0 +1,95 @@
+//! The library's error type. Every variant names the interface, map or file at fault and keeps
+//! its source; the binary adds context with `anyhow` at its edge.
+
+use std::{io, path::PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum GuardError {
+    #[error("network namespace {name:?}: {source}")]
+    Netns {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("netlink socket: {0}")]
+    NetlinkSocket(#[source] io::Error),
+    #[error("interface {0:?} does not exist")]
+    NoSuchInterface(String),
+    #[error("interface {0:?} is not a bridge")]
+    NotABridge(String),
+    #[error("bpffs: {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+    #[error("port {port}: no hook could be attached ({reasons})")]
+    PortRefused { port: String, reasons: String },
+    #[error("host MAC table full: more than {0} MACs, or too many collisions")]
+    MacTableFull(usize),
+    #[error("policy: {0}")]
+    Policy(String),
+    #[error("bridge {0:?} is not attached (no pinned state)")]
+    NotAttached(String),
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {path}: {source}")]
+    StateFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("permission denied: {0} (guardctl needs root, or CAP_BPF + CAP_NET_ADMIN)")]
+    Permission(String),
+}
+
+pub type Result<T, E = GuardError> = std::result::Result<T, E>;
+
+impl GuardError {
+    pub(crate) fn map(name: &'static str, source: aya::maps::MapError) -> Self {
+        Self::Map {
+            name,
+            source: Box::new(source),
+        }
+    }
+    pub(crate) fn program(name: &'static str, source: aya::programs::ProgramError) -> Self {
+        Self::Program {
+            name,
+            source: Box::new(source),
+        }
+    }
+}

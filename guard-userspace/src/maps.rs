@@ -1,0 +1,299 @@
+//! Typed access to guard's maps, whether just loaded or opened from their pins.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+};
+use guard_common::{
+    Counter, GlobalConfig, MAX_PORT_SLOTS, PORT_TABLE_SIZE, PortConfig, REASON_SLOTS, RuleValue,
+    counter_index,
+    mac::{InsertError, MAC_TABLE_MAX_ENTRIES, MacTable},
+    map_names,
+};
+use ipnet::IpNet;
+
+use crate::{
+    discovery::Mac,
+    error::{GuardError, Result},
+    pins::Location,
+    policy::{Classes, Op, Policy, plan},
+};
+
+/// All of guard's maps.
+pub struct GuardMaps {
+    pub config: Array<MapData, GlobalConfig>,
+    pub ports: Array<MapData, PortConfig>,
+    pub mac_table: Array<MapData, MacTable>,
+    pub rules_v4: LpmTrie<MapData, [u8; 4], RuleValue>,
+    pub rules_v6: LpmTrie<MapData, [u8; 16], RuleValue>,
+    pub counters: PerCpuArray<MapData, Counter>,
+    pub rule_hits: Array<MapData, u64>,
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|e| GuardError::map(name, e))
+}
+
+impl GuardMaps {
+    /// Takes the maps out of a loaded object (its programs keep using them).
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name).ok_or_else(|| {
+                GuardError::map(
+                    name,
+                    aya::maps::MapError::InvalidName {
+                        name: name.to_owned(),
+                    },
+                )
+            })
+        };
+        Ok(Self {
+            config: typed(map_names::CONFIG, take(map_names::CONFIG)?)?,
+            ports: typed(map_names::PORTS, take(map_names::PORTS)?)?,
+            mac_table: typed(map_names::MAC_TABLE, take(map_names::MAC_TABLE)?)?,
+            rules_v4: typed(map_names::RULES_V4, take(map_names::RULES_V4)?)?,
+            rules_v6: typed(map_names::RULES_V6, take(map_names::RULES_V6)?)?,
+            counters: typed(map_names::COUNTERS, take(map_names::COUNTERS)?)?,
+            rule_hits: typed(map_names::RULE_HITS, take(map_names::RULE_HITS)?)?,
+        })
+    }
+
+    /// Opens the maps pinned for an attached bridge.
+    pub fn open(loc: &Location) -> Result<Self> {
+        let open = |name: &'static str| -> Result<Map> {
+            let path = loc.map_pin(name);
+            let data = MapData::from_pin(&path).map_err(|e| pin_error(loc, name, &path, e))?;
+            Map::from_map_data(data).map_err(|e| GuardError::map(name, e))
+        };
+        Ok(Self {
+            config: typed(map_names::CONFIG, open(map_names::CONFIG)?)?,
+            ports: typed(map_names::PORTS, open(map_names::PORTS)?)?,
+            mac_table: typed(map_names::MAC_TABLE, open(map_names::MAC_TABLE)?)?,
+            rules_v4: typed(map_names::RULES_V4, open(map_names::RULES_V4)?)?,
+            rules_v6: typed(map_names::RULES_V6, open(map_names::RULES_V6)?)?,
+            counters: typed(map_names::COUNTERS, open(map_names::COUNTERS)?)?,
+            rule_hits: typed(map_names::RULE_HITS, open(map_names::RULE_HITS)?)?,
+        })
+    }
+
+    pub fn flags(&self) -> Result<u32> {
+        Ok(self
+            .config
+            .get(&0, 0)
+            .map_err(|e| GuardError::map(map_names::CONFIG, e))?
+            .flags)
+    }
+
+    pub fn set_flags(&mut self, flags: u32) -> Result<()> {
+        let cfg = GlobalConfig {
+            flags,
+            ..GlobalConfig::default()
+        };
+        self.config
+            .set(0, cfg, 0)
+            .map_err(|e| GuardError::map(map_names::CONFIG, e))
+    }
+
+    pub fn port(&self, ifindex: u32) -> Result<PortConfig> {
+        if ifindex >= PORT_TABLE_SIZE {
+            return Ok(PortConfig::default());
+        }
+        self.ports
+            .get(&ifindex, 0)
+            .map_err(|e| GuardError::map(map_names::PORTS, e))
+    }
+
+    /// Registers a port (its counter slot and flags). Ports whose ifindex does not fit the
+    /// table are still enforced by the program, and counted in slot 0.
+    pub fn set_port(&mut self, ifindex: u32, port: PortConfig) -> Result<bool> {
+        if ifindex >= PORT_TABLE_SIZE {
+            return Ok(false);
+        }
+        self.ports
+            .set(ifindex, port, 0)
+            .map_err(|e| GuardError::map(map_names::PORTS, e))?;
+        Ok(true)
+    }
+
+    pub fn clear_port(&mut self, ifindex: u32) -> Result<()> {
+        self.set_port(ifindex, PortConfig::default()).map(|_| ())
+    }
+
+    pub fn mac_table(&self) -> Result<MacTable> {
+        self.mac_table
+            .get(&0, 0)
+            .map_err(|e| GuardError::map(map_names::MAC_TABLE, e))
+    }
+
+    /// Makes the host MAC set equal to `macs`, by removing and inserting single entries in the
+    /// live table (see `guard_common::mac` for why that is safe while programs read it).
+    pub fn set_host_macs(&mut self, macs: &BTreeSet<Mac>) -> Result<()> {
+        if macs.len() > MAC_TABLE_MAX_ENTRIES {
+            return Err(GuardError::MacTableFull(MAC_TABLE_MAX_ENTRIES));
+        }
+        let mut table = Box::new(self.mac_table()?);
+        let present: BTreeSet<Mac> = table.macs().collect();
+        if &present == macs {
+            return Ok(());
+        }
+        // Insert first: a MAC that moves is never absent.
+        for mac in macs.difference(&present) {
+            table
+                .insert(*mac)
+                .map_err(|InsertError::Full| GuardError::MacTableFull(MAC_TABLE_MAX_ENTRIES))?;
+        }
+        for mac in present.difference(macs) {
+            table.remove(*mac);
+        }
+        self.mac_table
+            .set(0, *table, 0)
+            .map_err(|e| GuardError::map(map_names::MAC_TABLE, e))
+    }
+
+    /// The live prefix entries of both tries.
+    pub fn rules(&self) -> Result<BTreeMap<IpNet, RuleValue>> {
+        let mut out = BTreeMap::new();
+        for item in &self.rules_v4 {
+            let (k, v) = item.map_err(|e| GuardError::map(map_names::RULES_V4, e))?;
+            let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8).map_err(|e| {
+                GuardError::Policy(format!("bad key in {}: {e}", map_names::RULES_V4))
+            })?;
+            out.insert(net, v);
+        }
+        for item in &self.rules_v6 {
+            let (k, v) = item.map_err(|e| GuardError::map(map_names::RULES_V6, e))?;
+            let net = IpNet::new(IpAddr::from(k.data()), k.prefix_len() as u8).map_err(|e| {
+                GuardError::Policy(format!("bad key in {}: {e}", map_names::RULES_V6))
+            })?;
+            out.insert(net, v);
+        }
+        Ok(out)
+    }
+
+    /// Applies `ops` in order (see [`plan`] for why the order matters).
+    pub fn apply(&mut self, ops: &[Op]) -> Result<()> {
+        for op in ops {
+            match *op {
+                Op::Upsert(IpNet::V4(n), v) => self
+                    .rules_v4
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                        v,
+                        0,
+                    )
+                    .map_err(|e| GuardError::map(map_names::RULES_V4, e))?,
+                Op::Upsert(IpNet::V6(n), v) => self
+                    .rules_v6
+                    .insert(
+                        &Key::new(u32::from(n.prefix_len()), n.addr().octets()),
+                        v,
+                        0,
+                    )
+                    .map_err(|e| GuardError::map(map_names::RULES_V6, e))?,
+                Op::Delete(IpNet::V4(n)) => self
+                    .rules_v4
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets()))
+                    .map_err(|e| GuardError::map(map_names::RULES_V4, e))?,
+                Op::Delete(IpNet::V6(n)) => self
+                    .rules_v6
+                    .remove(&Key::new(u32::from(n.prefix_len()), n.addr().octets()))
+                    .map_err(|e| GuardError::map(map_names::RULES_V6, e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the tries hold `policy`, without a window. Returns the number of map writes.
+    pub fn set_policy(&mut self, policy: &Policy, classes: &mut Classes) -> Result<usize> {
+        let current = self.rules()?;
+        let ops = plan(&current, policy, classes)?;
+        let old_ids: BTreeSet<u32> = current.values().map(|v| v.rule_id).collect();
+        for op in &ops {
+            // A freshly allocated id may have hits left from a rule deleted earlier.
+            if let Op::Upsert(_, v) = op
+                && !old_ids.contains(&v.rule_id)
+            {
+                self.reset_rule_hits(v.rule_id)?;
+            }
+        }
+        self.apply(&ops)?;
+        Ok(ops.len())
+    }
+
+    /// Counters of the given port slots, summed over CPUs: `slot -> [Counter; REASON_SLOTS]`.
+    pub fn counters(
+        &self,
+        slots: &[u32],
+    ) -> Result<BTreeMap<u32, [Counter; REASON_SLOTS as usize]>> {
+        let mut out = BTreeMap::new();
+        for &slot in slots {
+            if slot >= MAX_PORT_SLOTS {
+                continue;
+            }
+            let mut row = [Counter::default(); REASON_SLOTS as usize];
+            for (reason, cell) in (0..REASON_SLOTS).zip(row.iter_mut()) {
+                let per_cpu = self
+                    .counters
+                    .get(&counter_index(slot, reason), 0)
+                    .map_err(|e| GuardError::map(map_names::COUNTERS, e))?;
+                for c in per_cpu.iter() {
+                    cell.packets += c.packets;
+                    cell.bytes += c.bytes;
+                }
+            }
+            out.insert(slot, row);
+        }
+        Ok(out)
+    }
+
+    /// Zeroes a port slot's counters (a slot handed to a new port starts from zero).
+    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| GuardError::Bpffs {
+            path: "/sys/devices/system/cpu/possible".into(),
+            source: e,
+        })?;
+        for reason in 0..REASON_SLOTS {
+            let zeros = aya::maps::PerCpuValues::try_from(vec![Counter::default(); cpus])
+                .map_err(|e| GuardError::Policy(format!("per-cpu values: {e}")))?;
+            self.counters
+                .set(counter_index(slot, reason), zeros, 0)
+                .map_err(|e| GuardError::map(map_names::COUNTERS, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn rule_hits(&self, rule_id: u32) -> Result<u64> {
+        self.rule_hits
+            .get(&rule_id, 0)
+            .map_err(|e| GuardError::map(map_names::RULE_HITS, e))
+    }
+
+    pub fn reset_rule_hits(&mut self, rule_id: u32) -> Result<()> {
+        self.rule_hits
+            .set(rule_id, 0, 0)
+            .map_err(|e| GuardError::map(map_names::RULE_HITS, e))
+    }
+}
+
+fn pin_error(
+    loc: &Location,
+    name: &'static str,
+    path: &Path,
+    e: aya::maps::MapError,
+) -> GuardError {
+    if loc.is_attached() {
+        log::debug!("opening {}: {e}", path.display());
+        GuardError::map(name, e)
+    } else {
+        GuardError::NotAttached(loc.bridge.clone())
+    }
+}

@@ -80,9 +80,12 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: &Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Config(_)) {
+        guard::attach::check_privileges()?;
+    }
     if let Some(ns) = &cli.netns {
         // Before the runtime exists: every thread it starts inherits the namespace.
-        guard::netns::enter(ns).with_context(|| format!("entering network namespace {ns:?}"))?;
+        guard::netns::enter(ns)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

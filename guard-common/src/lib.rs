@@ -150,6 +150,10 @@ pub struct Counter {
 }
 
 /// Index of a (port slot, reason) pair in the counter array.
+#[expect(
+    clippy::inline_always,
+    reason = "called once per frame by the eBPF programs; it must not become a BPF-to-BPF call"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn counter_index(slot: u32, reason: u32) -> u32 {

@@ -47,6 +47,10 @@ const _: () = assert!(size_of::<MacTable>() == MAC_TABLE_SLOTS * 8);
 
 /// The table key of a MAC: its six bytes as a little-endian integer, with [`OCCUPIED`] set.
 /// (The eBPF side builds the same integer from a 4-byte and a 2-byte load of the frame.)
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where a call per frame on the hot path costs more than the inlined body"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn mac_key(mac: [u8; 6]) -> u64 {
@@ -58,6 +62,10 @@ pub const fn mac_key(mac: [u8; 6]) -> u64 {
 
 /// The table key from the first four and the last two bytes of a MAC, each read as a
 /// little-endian integer.
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where a call per frame on the hot path costs more than the inlined body"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn key_from_parts(lo: u32, hi: u16) -> u64 {
@@ -72,6 +80,10 @@ pub const fn key_to_mac(key: u64) -> [u8; 6] {
 }
 
 /// The slot a key's probe sequence starts at (Fibonacci hashing of the key).
+#[expect(
+    clippy::inline_always,
+    reason = "shared with the eBPF programs, where a call per frame on the hot path costs more than the inlined body"
+)]
 #[inline(always)]
 #[must_use]
 pub const fn home_slot(key: u64) -> usize {
@@ -81,16 +93,15 @@ pub const fn home_slot(key: u64) -> usize {
 /// Is `key` in the table? The same probe the eBPF program runs, for userspace and tests.
 #[must_use]
 pub fn table_contains(table: &MacTable, key: u64) -> bool {
-    let mut i = home_slot(key);
-    for _ in 0..MAC_PROBE_LIMIT {
-        let slot = table.slots[i & (MAC_TABLE_SLOTS - 1)];
+    let home = home_slot(key);
+    for step in 0..MAC_PROBE_LIMIT {
+        let slot = table.slots[(home + step) & (MAC_TABLE_SLOTS - 1)];
         if slot == key {
             return true;
         }
         if slot == EMPTY {
             return false;
         }
-        i += 1;
     }
     false
 }
@@ -106,6 +117,10 @@ pub enum InsertError {
 impl MacTable {
     /// An empty table.
     #[must_use]
+    #[expect(
+        clippy::large_stack_arrays,
+        reason = "the table is one map value; userspace builds it once per update and copies it into the map"
+    )]
     pub const fn new() -> Self {
         Self {
             slots: [EMPTY; MAC_TABLE_SLOTS],
@@ -145,14 +160,13 @@ impl MacTable {
         if self.len() >= MAC_TABLE_MAX_ENTRIES {
             return Err(InsertError::Full);
         }
-        let mut i = home_slot(key);
-        for _ in 0..MAC_PROBE_LIMIT {
-            let slot = &mut self.slots[i & (MAC_TABLE_SLOTS - 1)];
+        let home = home_slot(key);
+        for step in 0..MAC_PROBE_LIMIT {
+            let slot = &mut self.slots[(home + step) & (MAC_TABLE_SLOTS - 1)];
             if *slot == EMPTY || *slot == TOMBSTONE {
                 *slot = key;
                 return Ok(true);
             }
-            i += 1;
         }
         Err(InsertError::Full)
     }
@@ -160,9 +174,9 @@ impl MacTable {
     /// Removes `mac` (its slot becomes a tombstone). Returns whether it was present.
     pub fn remove(&mut self, mac: [u8; 6]) -> bool {
         let key = mac_key(mac);
-        let mut i = home_slot(key);
-        for _ in 0..MAC_PROBE_LIMIT {
-            let slot = &mut self.slots[i & (MAC_TABLE_SLOTS - 1)];
+        let home = home_slot(key);
+        for step in 0..MAC_PROBE_LIMIT {
+            let slot = &mut self.slots[(home + step) & (MAC_TABLE_SLOTS - 1)];
             if *slot == key {
                 *slot = TOMBSTONE;
                 return true;
@@ -170,7 +184,6 @@ impl MacTable {
             if *slot == EMPTY {
                 return false;
             }
-            i += 1;
         }
         false
     }

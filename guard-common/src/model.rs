@@ -50,8 +50,10 @@ pub struct Decision {
     pub drop: bool,
     /// A [`reason`] code.
     pub reason: u32,
-    /// The deny (or allow) entry the verdict came from, 0 if none. Only deny verdicts (drop or
-    /// monitor) bump that entry's hit counter.
+    /// The deny entry the verdict came from (drop or monitor), whose hit counter it bumps; 0
+    /// for every other verdict. The contract names a rule id only for deny verdicts, and the
+    /// kernel reports rule ids only through the deny hit counters, so an allow verdict carries
+    /// none.
     pub rule_id: u32,
 }
 
@@ -209,10 +211,7 @@ fn ipv4(f: &Frame<'_>, o: usize, policy: &Policy) -> Step<Decision> {
             allow: false,
             rule_id,
         }) => Decision::drop(reason::DENY_IPV4, rule_id),
-        Some(Hit {
-            allow: true,
-            rule_id,
-        }) => Decision::pass(reason::ALLOW, rule_id),
+        Some(Hit { allow: true, .. }) => Decision::pass(reason::ALLOW, 0),
         None => Decision::pass(reason::HOST_PASS, 0),
     })
 }
@@ -250,10 +249,7 @@ fn ipv6(f: &Frame<'_>, o: usize, policy: &Policy) -> Step<Decision> {
         return Ok(Decision::drop(reason::DENY_IPV6, rule_id));
     }
     let final_pass = match dst_hit {
-        Some(Hit {
-            allow: true,
-            rule_id,
-        }) => Decision::pass(reason::ALLOW, rule_id),
+        Some(Hit { allow: true, .. }) => Decision::pass(reason::ALLOW, 0),
         _ => Decision::pass(reason::HOST_PASS, 0),
     };
 
@@ -329,10 +325,7 @@ fn arp(f: &Frame<'_>, o: usize, policy: &Policy) -> Step<Decision> {
         return Ok(Decision::drop(reason::DENY_ARP, rule_id));
     }
     Ok(match target_hit {
-        Some(Hit {
-            allow: true,
-            rule_id,
-        }) => Decision::pass(reason::ALLOW, rule_id),
+        Some(Hit { allow: true, .. }) => Decision::pass(reason::ALLOW, 0),
         _ => Decision::pass(reason::HOST_PASS, 0),
     })
 }
@@ -540,7 +533,7 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let p = policy();
-        check(&ipv4(HOST, v4("10.1.2.3")), &p, false, reason::ALLOW, 2);
+        check(&ipv4(HOST, v4("10.1.2.3")), &p, false, reason::ALLOW, 0);
         check(
             &ipv4(HOST, v4("10.1.2.200")),
             &p,
@@ -660,7 +653,7 @@ mod tests {
             &p,
             false,
             reason::ALLOW,
-            5,
+            0,
         );
         check(
             &ipv6(HOST, v6("2001:db8::1"), 17, &[], &udp),
@@ -824,7 +817,7 @@ mod tests {
             &p,
             false,
             reason::ALLOW,
-            2,
+            0,
         );
         check(
             &arp(v4("10.1.2.4"), v4("192.168.0.1")),
@@ -874,7 +867,7 @@ mod tests {
                 reason::MONITOR_ARP,
                 1,
             );
-            check(&ipv4(HOST, v4("10.1.2.3")), &p, false, reason::ALLOW, 2);
+            check(&ipv4(HOST, v4("10.1.2.3")), &p, false, reason::ALLOW, 0);
             check(&ipv4(OTHER, v4("10.0.0.1")), &p, false, reason::NOT_HOST, 0);
         }
         let d = classify(
@@ -900,6 +893,6 @@ mod tests {
             ],
             ..Policy::default()
         };
-        check(&ipv4(HOST, v4("10.0.0.1")), &p, false, reason::ALLOW, 3);
+        check(&ipv4(HOST, v4("10.0.0.1")), &p, false, reason::ALLOW, 0);
     }
 }

@@ -57,7 +57,9 @@ impl Frame for XdpContext {
     }
     #[inline(always)]
     fn len(&self) -> u32 {
-        (self.data_end() - self.data()) as u32
+        // The kernel guarantees data <= data_end, but both are plain scalars to the verifier:
+        // a checked `-` keeps an overflow panic path that no debug build could load.
+        self.data_end().wrapping_sub(self.data()) as u32
     }
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {

@@ -1,1 +1,3 @@
 //! Shared helpers of the privileged tests.
+
+pub mod lab;

@@ -186,7 +186,10 @@ fn demo(a: LabArgs) -> Result<ExitCode> {
         .iter()
         .filter(|r| !r.as_expected_without_guard())
         .count();
+    // Every case, boundaries included, must deliver nothing with guard attached.
     let leaked = after.attacks.iter().filter(|r| r.delivered > 0).count();
+    let missing = before.legit.len().saturating_sub(after.legit.len())
+        + before.attacks.len().saturating_sub(after.attacks.len());
     let broken = before
         .legit
         .iter()
@@ -199,11 +202,13 @@ fn demo(a: LabArgs) -> Result<ExitCode> {
         before.attacks.len(),
         before.legit.len()
     );
-    Ok(if invalid == 0 && leaked == 0 && broken == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if invalid == 0 && leaked == 0 && broken == 0 && missing == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// Where `guardctl` is: `$GUARDCTL`, else next to this executable.
@@ -241,19 +246,52 @@ fn with_guard(lab: &Lab, opts: FireOptions) -> Result<Run> {
     let bridge = lab::addr::BRIDGE;
     guardctl(&path, &["--netns", &host, "attach", bridge])
         .with_context(|| format!("attaching guard to {bridge} in {host}"))?;
+    report_attachment(lab);
     let run = fire_everything(lab, opts);
     let stats = guardctl(&path, &["--netns", &host, "stats", "--json"]);
     let detached = guardctl(&path, &["--netns", &host, "detach", bridge])
         .with_context(|| format!("detaching guard from {bridge} in {host}"));
     let run = run.context("firing with guard attached")?;
     match stats {
-        Ok(s) => println!("guardctl stats --json:\n{}", s.trim_end()),
+        Ok(s) if serde_json::from_str::<serde_json::Value>(&s).is_ok() => {
+            println!("\nguardctl stats --json:\n{}", s.trim_end());
+        }
+        Ok(s) => eprintln!("guard-lab: `guardctl stats --json` printed no JSON: {s:?}"),
         Err(e) => eprintln!("guard-lab: {e:#}"),
     }
     detached?;
     Ok(run)
 }
 // ===============================================================================================
+
+/// Says how many bridge ports carry an XDP program after `guardctl attach` (guard's default
+/// hook). A TC/TCX attachment does not show here, so this informs rather than fails.
+fn report_attachment(lab: &Lab) {
+    let host = lab.netns(Role::Host);
+    let with_xdp = lab
+        .ports
+        .iter()
+        .filter(|p| {
+            host.ip_json(&["-details", "link", "show", "dev", &p.host.name])
+                .ok()
+                .and_then(|v| v.get(0).map(|l| l.get("xdp").is_some()))
+                .unwrap_or(false)
+        })
+        .count();
+    println!(
+        "\nguardctl attach succeeded; XDP program on {with_xdp} of {} ports of {}",
+        lab.ports.len(),
+        lab::addr::BRIDGE
+    );
+    if with_xdp == 0 {
+        eprintln!(
+            "guard-lab: warning: no XDP program on a port of {} in {}\n           \
+             (fine only if guard hooks TC/TCX instead)",
+            lab::addr::BRIDGE,
+            host.name()
+        );
+    }
+}
 
 /// Lists the cases the kernel does not deliver even without guard, with the reason.
 fn print_boundaries(attacks: &[CaseResult]) {
@@ -300,38 +338,48 @@ fn hold(lab: &Lab, hold: bool) {
 }
 
 /// Prints results as a table that fits 80 columns; with `after`, a second column per case
-/// and a verdict.
+/// (matched by name) and a verdict.
 fn print_table(what: &str, col: &str, before: &[CaseResult], after: Option<&[CaseResult]>) {
+    let attacks = what == "attack";
+    let frac = |r: &CaseResult| format!("{}/{}", r.delivered, r.sent);
     println!();
     match after {
         None => println!("{what:<30} {col:>14}"),
-        Some(_) => println!(
-            "{what:<30} {col:>14} {:>14}  {:<12}",
-            "with guard", "verdict"
-        ),
+        Some(_) => println!("{what:<30} {col:>14} {:>14}  verdict", "with guard"),
     }
-    println!("{}", "-".repeat(if after.is_some() { 74 } else { 45 }));
-    for (i, b) in before.iter().enumerate() {
-        let frac = |r: &CaseResult| format!("{}/{}", r.delivered, r.sent);
-        match after.and_then(|a| a.get(i)) {
-            None => println!("{:<30} {:>14}", b.name, frac(b)),
-            Some(w) => {
-                let boundary = !b.is_working_attack();
-                let verdict = match (what == "attack", b.all_delivered(), w.delivered) {
-                    (true, ..) if boundary && b.delivered == 0 && w.delivered == 0 => "kernel*",
-                    (true, false, _) => "INVALID",
-                    (true, true, 0) => "stopped",
-                    (true, true, _) => "LEAKED",
-                    (false, true, _) if w.all_delivered() => "ok",
-                    (false, ..) => "BROKEN",
-                };
-                println!(
-                    "{:<30} {:>14} {:>14}  {verdict:<12}",
-                    b.name,
-                    frac(b),
-                    frac(w)
-                );
+    println!("{}", "-".repeat(if after.is_some() { 70 } else { 45 }));
+    for b in before {
+        let Some(after) = after else {
+            println!("{:<30} {:>14}", b.name, frac(b));
+            continue;
+        };
+        let Some(w) = after.iter().find(|w| w.name == b.name) else {
+            println!("{:<30} {:>14} {:>14}  not run", b.name, frac(b), "-");
+            continue;
+        };
+        let verdict = if !attacks {
+            if b.all_delivered() && w.all_delivered() {
+                "ok"
+            } else {
+                "BROKEN"
             }
-        }
+        } else if !b.as_expected_without_guard() {
+            if b.is_working_attack() {
+                "INVALID"
+            } else {
+                "CHANGED"
+            }
+        } else if !b.is_working_attack() {
+            if w.delivered == 0 {
+                "kernel*"
+            } else {
+                "CHANGED"
+            }
+        } else if w.delivered == 0 {
+            "stopped"
+        } else {
+            "LEAKED"
+        };
+        println!("{:<30} {:>14} {:>14}  {verdict}", b.name, frac(b), frac(w));
     }
 }

@@ -616,19 +616,38 @@ impl Lab {
         Ok(())
     }
 
-    /// A multi-line description: namespaces, interfaces, MACs.
+    /// A multi-line description (at most 80 columns): namespaces, interfaces, MACs.
     #[must_use]
     pub fn describe(&self) -> String {
         use fmt::Write as _;
-        let mut s = format!("lab {} ({})\n", self.prefix, self.variant);
-        let _ = writeln!(s, "  bridge   {}", self.bridge);
+        let roles: Vec<&str> = Role::ALL.iter().map(|r| r.suffix()).collect();
+        let mut s = format!(
+            "lab {}: namespaces {}{{{}}}\n",
+            self.variant,
+            self.prefix,
+            roles.join(",")
+        );
+        let mut line = |i: &Iface, what: String| {
+            let ns = i.ns.strip_prefix(&self.prefix).unwrap_or(&i.ns);
+            let _ = writeln!(
+                s,
+                "  {:<14} if {:<3} {}  {what}",
+                format!("{ns}/{}", i.name),
+                i.ifindex,
+                mac_to_string(&i.mac)
+            );
+        };
+        line(&self.bridge, "the guest bridge".into());
         for p in &self.ports {
-            let _ = writeln!(s, "  port     {}  <->  {}", p.host, p.guest);
+            line(
+                &p.host,
+                format!("port; {:?} eth0 {}", p.role, mac_to_string(&p.guest.mac)),
+            );
         }
-        let _ = writeln!(s, "  mgmt     {}", self.mgmt_if);
-        let _ = writeln!(s, "  storage  {}", self.storage_if);
+        line(&self.mgmt_if, "management".into());
+        line(&self.storage_if, "storage".into());
         if let Some(u) = &self.uplink {
-            let _ = writeln!(s, "  uplink   {u}");
+            line(u, "uplink (masquerade)".into());
         }
         s
     }

@@ -27,6 +27,8 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn require_root() {
+    // A Ctrl-C during `cargo test` deletes the lab too (Drop does not run on a signal).
+    guard_tests::lab::install_signal_cleanup().expect("install the Ctrl-C cleanup");
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(

@@ -10,12 +10,12 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
-        Mutex, OnceLock,
+        Mutex, PoisonError,
         atomic::{AtomicI32, Ordering},
     },
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 
 /// Where `ip netns` keeps its bind mounts.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
@@ -25,8 +25,7 @@ static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 fn live() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
     // A panic while holding the lock leaves a valid set behind: keep using it.
-    LIVE.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    LIVE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The bind mount of a named namespace.
@@ -140,17 +139,21 @@ impl NetNs {
     /// Creates the namespace `name` (which must not exist) and registers it for Ctrl-C
     /// cleanup.
     pub fn create(name: &str) -> Result<Self> {
+        // Creation, deletion and the signal cleanup all hold the registry lock while they
+        // work, so a Ctrl-C can never miss a namespace that is being created.
+        let mut live = live();
         if netns_path(name).exists() {
             bail!("network namespace {name} already exists");
         }
-        // Register first: a Ctrl-C between the two steps must still clean up.
-        live().insert(name.to_owned());
-        let ns = Self {
+        if let Err(e) = run_cmd(Command::new("ip").args(["netns", "add", name]), None) {
+            // Nothing of ours may stay behind, even half-made.
+            let _ = delete_netns(name);
+            return Err(e.context(format!("creating network namespace {name}")));
+        }
+        live.insert(name.to_owned());
+        Ok(Self {
             name: name.to_owned(),
-        };
-        run_cmd(Command::new("ip").args(["netns", "add", name]), None)
-            .with_context(|| format!("creating network namespace {name}"))?;
-        Ok(ns)
+        })
     }
 
     #[must_use]
@@ -235,7 +238,10 @@ impl NetNs {
     /// Deletes the namespace now and reports failure (drop only prints it).
     pub fn delete(mut self) -> Result<()> {
         let name = std::mem::take(&mut self.name);
-        live().remove(&name);
+        let mut live = live();
+        if !live.remove(&name) {
+            return Ok(()); // the signal cleanup got there first
+        }
         delete_netns(&name).with_context(|| format!("deleting network namespace {name}"))
     }
 }
@@ -245,7 +251,10 @@ impl Drop for NetNs {
         if self.name.is_empty() {
             return;
         }
-        live().remove(&self.name);
+        let mut live = live();
+        if !live.remove(&self.name) {
+            return;
+        }
         if let Err(e) = delete_netns(&self.name) {
             eprintln!(
                 "guard-lab: cannot delete network namespace {}: {e:#}",
@@ -295,16 +304,18 @@ pub fn delete_stale(base: &str) -> Result<Vec<String>> {
     Ok(deleted)
 }
 
-/// Deletes every namespace this process still has registered; returns how many.
-#[must_use]
-pub fn delete_all_registered() -> usize {
-    let names: Vec<String> = std::mem::take(&mut *live()).into_iter().collect();
-    for name in &names {
-        if let Err(e) = delete_netns(name) {
+/// Deletes every namespace this process still has registered and exits with `code`, holding
+/// the registry lock to the end so that no other thread creates a namespace meanwhile.
+fn delete_all_registered_and_exit(code: i32, signal: u8) -> ! {
+    let mut live = live();
+    let count = live.len();
+    for name in std::mem::take(&mut *live) {
+        if let Err(e) = delete_netns(&name) {
             eprintln!("guard-lab: cannot delete network namespace {name}: {e:#}");
         }
     }
-    names.len()
+    eprintln!("\nguard-lab: signal {signal}: deleted {count} lab namespace(s)");
+    std::process::exit(code)
 }
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
@@ -322,8 +333,10 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// Installs SIGINT/SIGTERM/SIGHUP handlers that delete every registered namespace and exit
 /// with `128 + signal`. The deletion runs on a dedicated thread, not in the handler.
 pub fn install_signal_cleanup() -> Result<()> {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    if INSTALLED.get().is_some() {
+    static INSTALLED: Mutex<bool> = Mutex::new(false);
+    // Held for the whole installation: concurrent callers install once.
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if *installed {
         return Ok(());
     }
     let mut fds = [0 as libc::c_int; 2];
@@ -340,9 +353,7 @@ pub fn install_signal_cleanup() -> Result<()> {
             // SAFETY: reading one byte into a valid buffer from our own pipe.
             let n = unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
             if n == 1 {
-                let count = delete_all_registered();
-                eprintln!("\nguard-lab: signal {byte}: deleted {count} lab namespace(s)");
-                std::process::exit(128 + i32::from(byte));
+                delete_all_registered_and_exit(128 + i32::from(byte), byte);
             }
         })
         .context("starting the signal cleanup thread")?;
@@ -359,7 +370,6 @@ pub fn install_signal_cleanup() -> Result<()> {
             }
         }
     }
-    INSTALLED
-        .set(())
-        .map_err(|()| anyhow!("signal cleanup installed twice"))
+    *installed = true;
+    Ok(())
 }

@@ -578,7 +578,10 @@ fn collect(armed: &Armed<'_>, nonce: u32, count: u32, deadline: Instant) -> Resu
     let case = armed.case;
     match (&armed.receiver, case.probe) {
         (Receiver::Udp(sock), _) => {
-            udp_collect(sock, count, deadline, |p| parse_marker(p, nonce, case.id))
+            // Any sender: a forged source address does not make a delivery less real.
+            udp_collect(sock, count, deadline, |p, _| {
+                parse_marker(p, nonce, case.id)
+            })
         }
         (Receiver::Capture(cap), probe) => {
             let mut seen = std::collections::BTreeSet::new();

@@ -24,13 +24,13 @@ use super::{
     sock::{self, udp_bind, udp_collect, wait_readable},
 };
 
-/// UDP: `count` datagrams from `from` to `dst`, counted by a socket bound on `bind` in `to`.
+/// UDP: `count` datagrams from `from` to `dst`, counted by a socket bound on `bind` in `to`
+/// when they arrive from `src` (so a NAT flow that bypassed the NAT does not count).
 fn udp_flow(
     lab: &Lab,
     name: &str,
     (from, to): (Role, Role),
-    bind: SocketAddr,
-    dst: SocketAddr,
+    (bind, dst, src_ip): (SocketAddr, SocketAddr, IpAddr),
     opts: FireOptions,
 ) -> Result<CaseResult> {
     let nonce = new_nonce();
@@ -47,9 +47,12 @@ fn udp_flow(
         tx.send_to(&marker(nonce, 0, seq), dst)
             .with_context(|| format!("{name}: UDP to {dst} from {}", lab.ns(from)))?;
     }
-    let delivered = udp_collect(&rx, opts.count, Instant::now() + opts.deadline, |p| {
-        parse_marker(p, nonce, 0)
-    })?;
+    let delivered = udp_collect(
+        &rx,
+        opts.count,
+        Instant::now() + opts.deadline,
+        |p, peer| parse_marker(p, nonce, 0).filter(|_| peer.ip() == src_ip),
+    )?;
     Ok(CaseResult {
         name: name.to_owned(),
         sent: opts.count,
@@ -88,7 +91,9 @@ fn dhcp_broadcast(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
             Ok(CaseResult {
                 name: name.to_owned(),
                 sent: opts.count,
-                delivered: udp_collect(&rx, opts.count, deadline, |p| parse_marker(p, nonce, 0))?,
+                delivered: udp_collect(&rx, opts.count, deadline, |p, peer| {
+                    parse_marker(p, nonce, 0).filter(|_| peer.ip() == IpAddr::V4(addr::G1_4))
+                })?,
                 expect: Expect::Delivered,
             })
         })
@@ -96,13 +101,13 @@ fn dhcp_broadcast(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
 }
 
 /// TCP: `count` connections from `from` to `dst`, each sending a marker that the server in
-/// `to` (listening on `bind`) echoes back. A connection counts when its echo came back.
+/// `to` (listening on `bind`) echoes back. A connection counts when it came from `src` and
+/// its echo came back.
 fn tcp_flow(
     lab: &Lab,
     name: &str,
     (from, to): (Role, Role),
-    bind: SocketAddr,
-    dst: SocketAddr,
+    (bind, dst, src_ip): (SocketAddr, SocketAddr, IpAddr),
     opts: FireOptions,
 ) -> Result<CaseResult> {
     let nonce = new_nonce();
@@ -115,7 +120,7 @@ fn tcp_flow(
     let delivered = in_netns(lab.ns(from), || {
         let mut ok = 0;
         for seq in 0..opts.count {
-            if tcp_round(&listener, dst, &marker(nonce, 0, seq), deadline).is_ok() {
+            if tcp_round(&listener, dst, src_ip, &marker(nonce, 0, seq), deadline).is_ok() {
                 ok += 1;
             }
         }
@@ -131,7 +136,13 @@ fn tcp_flow(
 }
 
 /// One connection: connect, send `msg`, accept and echo on the server side, read the echo.
-fn tcp_round(listener: &TcpListener, dst: SocketAddr, msg: &[u8], deadline: Instant) -> Result<()> {
+fn tcp_round(
+    listener: &TcpListener,
+    dst: SocketAddr,
+    src_ip: IpAddr,
+    msg: &[u8],
+    deadline: Instant,
+) -> Result<()> {
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
@@ -141,7 +152,11 @@ fn tcp_round(listener: &TcpListener, dst: SocketAddr, msg: &[u8], deadline: Inst
     if !wait_readable(listener.as_fd(), deadline)? {
         anyhow::bail!("no connection arrived");
     }
-    let (mut server, _) = listener.accept().context("accept")?;
+    let (mut server, peer) = listener.accept().context("accept")?;
+    anyhow::ensure!(
+        peer.ip() == src_ip,
+        "connection from {peer}, not from {src_ip}"
+    );
     server.set_nonblocking(false)?;
     server.set_read_timeout(Some(left))?;
     let mut buf = vec![0u8; msg.len()];
@@ -236,10 +251,17 @@ enum Flow {
 impl Flow {
     fn run(&self, lab: &Lab, name: &str, opts: FireOptions) -> Result<CaseResult> {
         let from = Role::G1;
+        // The source the target must see: g1 itself, or the host's uplink after masquerade.
+        let src = |to: Role, dst: SocketAddr| match (lab.variant(), to, dst.is_ipv4()) {
+            (Variant::NatHost, Role::Inet, true) => IpAddr::V4(addr::HOST_UPLINK4),
+            (Variant::NatHost, Role::Inet, false) => IpAddr::V6(addr::HOST_UPLINK6),
+            (_, _, true) => IpAddr::V4(addr::G1_4),
+            (_, _, false) => IpAddr::V6(addr::G1_6),
+        };
         match *self {
             Self::Icmp(dst) => icmp_flow(lab, name, from, dst, opts),
-            Self::Udp(to, dst) => udp_flow(lab, name, (from, to), dst, dst, opts),
-            Self::Tcp(to, dst) => tcp_flow(lab, name, (from, to), dst, dst, opts),
+            Self::Udp(to, dst) => udp_flow(lab, name, (from, to), (dst, dst, src(to, dst)), opts),
+            Self::Tcp(to, dst) => tcp_flow(lab, name, (from, to), (dst, dst, src(to, dst)), opts),
         }
     }
 }

@@ -215,13 +215,14 @@ pub fn udp_bind(ns: &str, addr: SocketAddr) -> Result<UdpSocket> {
     .with_context(|| format!("UDP receiver in {ns}"))
 }
 
-/// Receives datagrams until `want` of them satisfied `accept` (which returns a sequence
-/// number, counted once each) or `deadline` passes. Returns the number counted.
+/// Receives datagrams until `want` of them satisfied `accept` (given the payload and the
+/// sender; returns a sequence number, counted once each) or `deadline` passes. Returns the
+/// number counted.
 pub fn udp_collect(
     sock: &UdpSocket,
     want: u32,
     deadline: Instant,
-    mut accept: impl FnMut(&[u8]) -> Option<u32>,
+    mut accept: impl FnMut(&[u8], SocketAddr) -> Option<u32>,
 ) -> Result<u32> {
     let mut seen = std::collections::BTreeSet::new();
     let mut buf = [0u8; 2048];
@@ -230,9 +231,9 @@ pub fn udp_collect(
         if !wait_readable(sock.as_fd(), deadline).context("poll on UDP receiver")? {
             break;
         }
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                if let Some(seq) = accept(&buf[..n]) {
+        match sock.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                if let Some(seq) = accept(&buf[..n], peer) {
                     seen.insert(seq);
                 }
             }

@@ -1,19 +1,31 @@
 //! A libvirt-like host built from real network namespaces, for end-to-end tests and the demo.
 //!
 //! ```text
-//!            mgmt ns                 storage ns            inet ns (203.0.113.10)
-//!          10.10.0.2 ─┐            ┌─ 10.20.0.2                │            ╲ (nat_host:
-//!                 mgmt0         stor0                     gw ns (router)     uplink)
-//!                  ┌───┴──── host ns ───┴───┐                  │
-//!                  │ br-guest (bridge, forwarding on)  ────────┤ port vgw
-//!                  └──┬─────────────┬───────┘
-//!                 port vg1      port vg2
-//!                   g1 ns         g2 ns      (guests, 192.168.50.0/24, fd00:50::/64)
+//!   mgmt ns 10.10.0.2/24        storage ns 10.20.0.2/24        inet ns 203.0.113.10/24
+//!   fd00:10::2/64               fd00:20::2/64                  2001:db8:1::10/64
+//!      | eth0                      | eth0                        | eth0       | eth1
+//!      | mgmt0 10.10.0.1           | stor0 10.20.0.1             |            | (nat_host:
+//!   +--+---------------------------+-----------------+     gw ns (router)     |  198.51.100.2)
+//!   | host ns: ip_forward=1, ipv6 forwarding=1       |     eth1 203.0.113.1   |
+//!   |   br-guest (MAC 02:47:4c:00:00:fe; no address, |     eth0 192.168.50.1  |
+//!   |   or .254 in bridge_ip/nat_host)   uplink -----|---------|--------------+
+//!   |   ports: vg1      vg2      vgw ----------------|---------+   (nat_host: 198.51.100.1,
+//!   +----------|--------|--------------------------- +              masquerade)
+//!              | eth0   | eth0
+//!           g1 ns .11   g2 ns .12    guests: 192.168.50.0/24, fd00:50::/64,
+//!                                    default route via gw (nat_host: via the host, .254)
 //! ```
 //!
 //! Every namespace gets a unique name (`guardlab-<pid>-<n>-<role>`) and is deleted when the
 //! [`Lab`] is dropped, also while a panic unwinds; [`install_signal_cleanup`] extends that to
-//! Ctrl-C. All addresses are fixed ([`addr`]): the namespaces isolate parallel labs.
+//! Ctrl-C. Nothing is ever created in the caller's namespace: veth pairs are created with
+//! both ends already in their namespaces. All addresses are fixed ([`addr`]): the namespaces
+//! isolate parallel labs.
+//!
+//! Setup uses `ip`, `bridge`, `sysctl` (through `ip netns exec`, which gives it the
+//! namespace's `/proc/sys/net`) and, for `nat_host`, `nft`. Sockets are opened on a thread
+//! that entered the namespace with `setns(2)` ([`netns::in_netns`]) and keep that namespace
+//! for life, so they are used from any thread afterwards.
 
 pub mod attack;
 pub mod frame;

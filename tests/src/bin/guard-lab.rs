@@ -87,7 +87,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Up(a) => {
             let lab = Lab::build(a.variant)?;
             print!("{}", lab.describe());
-            println!("built in {:?}; Ctrl-C deletes it", lab.build_time);
+            println!("built in {:.1?}; Ctrl-C deletes it", lab.build_time);
             loop {
                 std::thread::park();
             }

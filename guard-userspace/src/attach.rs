@@ -456,6 +456,17 @@ impl Guard {
             self.swap(iface, HookMode::Tc)?;
             return Ok((k.mode, k.fallback.clone()));
         }
+        if known.is_none() {
+            // No record of this interface (state lost, e.g. /run wiped) but a pinned link may
+            // still hook it: adopt it rather than hooking twice.
+            for &mode in candidates {
+                if mode != HookMode::Tc && self.loc.link_pin(mode.pin_name(), iface.index).exists()
+                {
+                    self.swap(iface, mode)?;
+                    return Ok((mode, Some("adopted a pinned link without state".to_owned())));
+                }
+            }
+        }
         let mut refused = Vec::new();
         for &mode in candidates {
             match self.hook_new(iface, mode) {

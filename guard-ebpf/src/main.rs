@@ -9,7 +9,10 @@
 // `atomic_xadd`: core's AtomicU64::fetch_add is not offered for the BPF target, but the
 // intrinsic lowers to the BPF atomic add instruction (what C's __sync_fetch_and_add gives).
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd is the only atomic add on bpfel"
+)]
 
 mod arp;
 mod eth;
@@ -89,7 +92,11 @@ fn account<F: Frame>(f: &F, outcome: Outcome) -> bool {
         reason = reason.wrapping_add(reason::MONITOR_OFFSET);
         drop = false;
     }
-    let slot = if port.slot < MAX_PORT_SLOTS { port.slot } else { 0 };
+    let slot = if port.slot < MAX_PORT_SLOTS {
+        port.slot
+    } else {
+        0
+    };
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(slot, reason)) {
         // SAFETY: a per-CPU slot: no other program run touches it concurrently.
         unsafe {

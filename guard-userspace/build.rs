@@ -1,4 +1,4 @@
-//! Builds guard-ebpf for the BPF target and leaves the object in OUT_DIR, where the library
+//! Builds guard-ebpf for the BPF target and leaves the object in `OUT_DIR`, where the library
 //! embeds it (`include_bytes_aligned!`). The aya-template wiring, unchanged in substance.
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;

@@ -11,6 +11,8 @@ mod test;
 mod vmtest;
 mod workspace;
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -36,13 +38,22 @@ enum Verb {
     Vmtest,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().verb {
+fn main() -> ExitCode {
+    let result = match Cli::parse().verb {
         Verb::Setup => setup::run().map(drop),
         Verb::Build(options) => build::run(&options),
         Verb::Test(options) => test::run(&options),
         Verb::Demo => demo::run(),
         Verb::Bench => bench::run(),
         Verb::Vmtest => vmtest::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The chain on one line, without the backtrace anyhow's `Termination` would add when
+        // RUST_BACKTRACE is set: every error here already names the command or file at fault.
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -379,7 +379,7 @@ fn check_linker(path: &Path, toolchain: &Toolchain) -> anyhow::Result<String> {
             let needed = needed.trim();
             let resolved = resolved.trim();
             if resolved.starts_with("not found") {
-                bail!("its {needed} is not found (the directory it was linked from is gone?)");
+                bail!("its {needed} is not found: the directory it was linked from is gone");
             }
             let major = needed
                 .strip_prefix("libLLVM.so.")

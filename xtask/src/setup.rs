@@ -547,3 +547,15 @@ fn packages() -> anyhow::Result<Done<()>> {
     }
     Ok(Done::installed((), missing.join(" ")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::leading_number;
+
+    #[test]
+    fn llvm_major_from_version_and_library_name() {
+        assert_eq!(leading_number("22.1.4"), Some(22));
+        assert_eq!(leading_number("22.1-rust-1.97.0-nightly"), Some(22));
+        assert_eq!(leading_number("rust"), None);
+    }
+}

@@ -162,3 +162,26 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_sum_libtest_result_lines() {
+        let mut totals = Totals::default();
+        for line in [
+            "running 4 tests",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.05s",
+            "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.00s",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "test frame::parse ... ok",
+        ] {
+            totals.add(line);
+        }
+        assert_eq!(
+            (totals.passed, totals.failed, totals.ignored, totals.runs),
+            (5, 1, 1, 3)
+        );
+    }
+}

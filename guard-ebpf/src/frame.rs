@@ -87,6 +87,10 @@ impl Frame for TcContext {
         self.len()
     }
     #[inline(always)]
+    #[expect(
+        clippy::misnamed_getters,
+        reason = "skb->ifindex is what XDP calls ingress_ifindex: the device the program runs on"
+    )]
     fn ingress_ifindex(&self) -> u32 {
         // The device the program runs on (the port, or the bridge for the bridge hook), as
         // XDP's `ingress_ifindex` is.

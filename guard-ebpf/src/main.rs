@@ -49,6 +49,7 @@ pub struct Outcome {
 
 impl Outcome {
     #[inline(always)]
+    #[must_use]
     pub const fn new(reason: u32, rule_id: u32) -> Self {
         Self { reason, rule_id }
     }
@@ -123,6 +124,10 @@ fn monitored(port_flags: u32) -> bool {
 }
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro's signature"
+)]
 pub fn guard_xdp(ctx: XdpContext) -> u32 {
     if account(&ctx, classify(&ctx)) {
         xdp_action::XDP_DROP
@@ -137,6 +142,10 @@ pub fn guard_xdp(ctx: XdpContext) -> u32 {
 const TC_PULL_BYTES: u32 = 512;
 
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[classifier] macro's signature"
+)]
 pub fn guard_tc(ctx: TcContext) -> i32 {
     let want = if ctx.len() < TC_PULL_BYTES {
         ctx.len()

@@ -65,7 +65,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let env = setup::run()?;
-    let built = build::build(&env, false)?;
+    // Everything in the release profile: the unit and privileged tests then share one build of
+    // the dependencies with guardctl and guard-lab (which the lab tests run), which matters on
+    // CI's 2 cores. Both eBPF objects are exercised whatever the host profile: the datapath
+    // tests load the embedded release object and the debug object named by
+    // GUARD_EBPF_DEBUG_OBJECT.
+    let built = build::build(&env, true)?;
     let root = &built.workspace.root;
 
     // (name, command, whether it is a libtest run whose results are counted)
@@ -98,6 +103,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut unit = env.host_cargo();
     unit.args([
         "test",
+        "--release",
         "--workspace",
         "--exclude",
         "guard-ebpf",
@@ -106,13 +112,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     ]);
     steps.push(("unit tests", unit, true));
 
-    let mut release = env.host_cargo();
-    release.args(["test", "-p", "guard-tests", "--release"]);
-    steps.push(("privileged tests (release)", release, true));
-
-    let mut dev = env.host_cargo();
-    dev.args(["test", "-p", "guard-tests"]);
-    steps.push(("privileged tests (dev)", dev, true));
+    let mut privileged = env.host_cargo();
+    privileged.args(["test", "-p", "guard-tests", "--release"]);
+    steps.push(("privileged tests", privileged, true));
 
     let mut totals = Totals::default();
     let mut failed_steps = Vec::new();

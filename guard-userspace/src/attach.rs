@@ -715,15 +715,21 @@ pub fn detach(loc: &Location) -> Result<bool> {
     Ok(true)
 }
 
+/// An error and its sources on one line, without the repetition some of aya's errors have
+/// (a syscall error's message already ends with its `io::Error`, which is also its source).
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts: Vec<String> = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        match parts.last_mut() {
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            Some(last) if last.contains(&text) => {}
+            _ => parts.push(text),
+        }
         src = inner.source();
     }
-    s
+    parts.join(": ")
 }
 
 /// The default object: the release build embedded in this binary.

@@ -44,7 +44,10 @@ fn ip(args: &[&str]) -> Result<()> {
 
 fn cleanup(bins: &Binaries<'_>) {
     let _ = host::run(Command::new(bins.guardctl).args(["--netns", HOST_NS, "detach", BRIDGE]));
-    // Deleting a namespace takes its bridge, tap and veth with it.
+    // The veth explicitly: a deleted namespace releases its devices asynchronously, and the
+    // next run would find the peer's end still there. The tap and bridge go with the
+    // namespace (their names are only used inside it).
+    let _ = ip(&["-n", HOST_NS, "link", "del", "vpeer"]);
     for ns in [HOST_NS, PEER_NS] {
         let _ = ip(&["netns", "del", ns]);
     }

@@ -177,6 +177,12 @@ fn setup() -> Result<()> {
 
 fn teardown(guardctl: &Path) {
     let _ = run(Command::new(guardctl).args(["detach", BRIDGE]));
+    // Veths first, explicitly: a deleted namespace releases its devices asynchronously
+    // (cleanup_net runs from a workqueue), so the next set-up could find a port still there.
+    // Deleting one end of a veth removes both, synchronously.
+    for port in ["vpa", "vpb"] {
+        let _ = ip(&["link", "del", port]);
+    }
     let _ = ip(&["link", "del", BRIDGE]);
     for ns in [ATTACKER_NS, PEER_NS] {
         let _ = ip(&["netns", "del", ns]);

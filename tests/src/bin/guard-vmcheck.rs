@@ -132,7 +132,7 @@ fn send(iface: &str, bridge_mac: &str, peer_mac: &str) -> Result<()> {
     emit(
         "sent",
         &kernel_release(),
-        &serde_json::json!({ "guest_mac": frames::fmt_mac(&guest), "cases": plan }),
+        &serde_json::json!({ "guest_mac": frames::fmt_mac(guest), "cases": plan }),
     )
 }
 

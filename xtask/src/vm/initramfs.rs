@@ -60,7 +60,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -103,7 +103,7 @@ impl Cpio {
     fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, &[], (0, 0));
         // The kernel reads the archive in 512-byte blocks happily, but cpio tools expect it.
-        while self.out.len() % 512 != 0 {
+        while !self.out.len().is_multiple_of(512) {
             self.out.push(0);
         }
         self.out
@@ -198,4 +198,31 @@ fn add_with_libs(c: &mut Cpio, prog: &str, dest: &str) -> Result<()> {
         c.file(lib.trim_start_matches('/'), 0o755, &bytes);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cpio;
+
+    #[test]
+    fn newc_entries_are_aligned_and_terminated() {
+        let mut c = Cpio::default();
+        c.file("a/b", 0o644, b"hello");
+        c.chardev("dev/console", 5, 1);
+        let out = c.finish();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 512, 0);
+        let text = String::from_utf8_lossy(&out);
+        // Directories come before what is in them.
+        let dir = text.find("a\0").expect("directory entry");
+        let file = text.find("a/b\0").expect("file entry");
+        assert!(dir < file);
+        assert!(text.contains("TRAILER!!!"));
+        // The console node: S_IFCHR | 0600, rdev 5:1.
+        let at = text.find("dev/console").expect("console entry") - 110;
+        let header = &text[at..at + 110];
+        assert_eq!(&header[14..22], "00002180");
+        assert_eq!(&header[78..86], "00000005");
+        assert_eq!(&header[86..94], "00000001");
+    }
 }

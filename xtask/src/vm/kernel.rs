@@ -44,7 +44,7 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// Modules the guests need when the kernel has them as modules (dependencies are added):
-/// veth and bridge for the namespace test, the clsact qdisc and cls_bpf for TC mode,
+/// veth and bridge for the namespace test, the clsact qdisc and `cls_bpf` for TC mode,
 /// virtio-net (and virtio-pci, which finds the device) for the tap guest.
 pub const MODULES: &[&str] = &[
     "veth",
@@ -96,8 +96,8 @@ pub fn prepare(k: &'static Kernel, cache: &Path) -> Result<Prepared> {
     }
     host::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
         .with_context(|| format!("unpacking {}", deb.display()))?;
-    let vmlinuz = tree.join(format!("boot/vmlinuz-{}", k.release));
-    let image = extract_vmlinux(&vmlinuz)?;
+    let bzimage = tree.join(format!("boot/vmlinuz-{}", k.release));
+    let image = extract_vmlinux(&bzimage)?;
     let tmp = dir.join("vmlinux.tmp");
     fs::write(&tmp, image).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &vmlinux).with_context(|| format!("renaming to {}", vmlinux.display()))?;
@@ -326,4 +326,24 @@ fn depends(ko: &[u8]) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{depends, select};
+
+    #[test]
+    fn depends_reads_modinfo() {
+        let ko = b"\x7fELF...\0license=GPL\0depends=stp,llc\0intree=Y\0";
+        assert_eq!(depends(ko), ["stp", "llc"]);
+        assert!(depends(b"\0depends=\0").is_empty());
+        assert!(depends(b"no modinfo").is_empty());
+    }
+
+    #[test]
+    fn kernels_are_selected_by_short_name() {
+        assert_eq!(select("all").expect("all").len(), 2);
+        assert_eq!(select("6.1").expect("6.1")[0].short, "6.1");
+        assert!(select("5.10").is_err());
+    }
 }

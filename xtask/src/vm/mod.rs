@@ -142,7 +142,7 @@ fn strs(v: &Value, key: &str) -> Vec<String> {
 }
 
 /// The hook mode a port must end up in for a requested hook on `release`: TCX links exist
-/// from 6.6 on (`BPF_TCX_INGRESS`); before that guardctl must fall back to a cls_bpf filter
+/// from 6.6 on (`BPF_TCX_INGRESS`); before that guardctl must fall back to a `cls_bpf` filter
 /// and say why in `guardctl status`.
 fn expected_mode(hook: &str, release: &str) -> &'static str {
     match hook {
@@ -329,7 +329,7 @@ fn tap_rows(
             {
                 row.fail("the guest did not report sending".into());
             }
-            guest_problems(&mut row, &o.guest, Duration::from_secs(180));
+            guest_problems(&mut row, &o.guest, tap::TIMEOUT);
             row.notes
                 .push(format!("guest ran {:.1} s", o.guest.total_secs));
             row
@@ -341,13 +341,13 @@ fn render(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<20} {:<26} {:>8} {:>9} {:>7} {:>6}  {}",
-        "KERNEL", "MODE", "CASES", "ATTACKS", "LEGIT", "BOOT", "RESULT"
+        "{:<22} {:<30} {:>8} {:>9} {:>7} {:>6}  RESULT",
+        "KERNEL", "MODE", "CASES", "ATTACKS", "LEGIT", "BOOT"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<20} {:<26} {:>8} {:>9} {:>7} {:>6}  {}",
+            "{:<22} {:<30} {:>8} {:>9} {:>7} {:>6}  {}",
             r.kernel,
             r.mode,
             r.cases,
@@ -357,7 +357,7 @@ fn render(rows: &[Row]) -> String {
             if r.ok { "ok" } else { "FAIL" }
         );
         for n in &r.notes {
-            let _ = writeln!(s, "{:<20}   {n}", "");
+            let _ = writeln!(s, "{:<22}   {n}", "");
         }
     }
     s
@@ -406,4 +406,18 @@ pub fn vmtest(args: &VmtestArgs) -> Result<()> {
     }
     println!("vmtest: all {} rows ok", rows.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{expected_mode, version};
+
+    #[test]
+    fn versions_and_expected_modes() {
+        assert_eq!(version("6.1.0-56-amd64"), (6, 1));
+        assert_eq!(version("6.12.117+deb12-amd64"), (6, 12));
+        assert_eq!(expected_mode("tcx", "6.1.0-56-amd64"), "tc");
+        assert_eq!(expected_mode("tcx", "6.12.117+deb12-amd64"), "tcx");
+        assert_eq!(expected_mode("xdp", "6.1.0-56-amd64"), "xdp-native");
+    }
 }

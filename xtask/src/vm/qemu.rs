@@ -122,6 +122,23 @@ pub fn boot(b: &Boot<'_>) -> Result<Guest> {
     let mut log =
         std::fs::File::create(b.log).with_context(|| format!("creating {}", b.log.display()))?;
     let _ = writeln!(log, "$ {line}");
+    let mut g = follow(&rx, &mut log, start, start + b.timeout);
+    if g.timed_out {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    g.total_secs = start.elapsed().as_secs_f64();
+    Ok(g)
+}
+
+/// Reads console lines until qemu exits or `deadline`, saving each (with its time since
+/// `start`) to `log` and picking out the guest's markers.
+fn follow(
+    rx: &mpsc::Receiver<String>,
+    log: &mut std::fs::File,
+    start: Instant,
+    deadline: Instant,
+) -> Guest {
     let mut g = Guest {
         boot_secs: None,
         total_secs: 0.0,
@@ -130,7 +147,6 @@ pub fn boot(b: &Boot<'_>) -> Result<Guest> {
         timed_out: false,
         problems: Vec::new(),
     };
-    let deadline = start + b.timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
@@ -146,21 +162,19 @@ pub fn boot(b: &Boot<'_>) -> Result<Guest> {
                     }
                 } else if l.starts_with("VMCHECK-DONE") {
                     g.done = true;
-                } else if l.starts_with("VMCHECK-MODFAIL") || l.starts_with("VMCHECK-ERROR") {
-                    g.problems.push(l.to_owned());
-                } else if l.contains("Kernel panic") {
+                } else if l.starts_with("VMCHECK-MODFAIL")
+                    || l.starts_with("VMCHECK-ERROR")
+                    || l.contains("Kernel panic")
+                {
                     g.problems.push(l.to_owned());
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 g.timed_out = true;
-                let _ = child.kill();
                 break;
             }
         }
     }
-    let _ = child.wait();
-    g.total_secs = start.elapsed().as_secs_f64();
-    Ok(g)
+    g
 }

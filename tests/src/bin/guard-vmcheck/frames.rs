@@ -97,7 +97,7 @@ pub fn ipv6_plain(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     ipv6(src, dst, IPPROTO_EXPERIMENT, payload)
 }
 
-/// An ICMPv6 neighbour solicitation for `target` (checksum left zero: guard does not read
+/// An `ICMPv6` neighbour solicitation for `target` (checksum left zero: guard does not read
 /// it, and the host stack, which would, is never meant to get these frames), then `extra`.
 #[must_use]
 pub fn ndp_ns(target: Ipv6Addr, extra: &[u8]) -> Vec<u8> {
@@ -155,7 +155,7 @@ pub fn parse_mac(s: &str) -> anyhow::Result<Mac> {
 }
 
 #[must_use]
-pub fn fmt_mac(m: &Mac) -> String {
+pub fn fmt_mac(m: Mac) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

@@ -25,6 +25,9 @@ const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 /// a TCG guest.
 pub const COPIES: u16 = 4;
 
+/// Builds one copy of a case's frame around its marker.
+type Build = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
 /// Where a frame of the case should end up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,9 +54,12 @@ pub struct Case {
 /// The plan for a guest with MAC `guest` on a bridge with MAC `bridge`, next to a guest
 /// with MAC `peer`.
 #[must_use]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of cases, one entry each, read top to bottom"
+)]
 pub fn plan(bridge: Mac, guest: Mac, peer: Mac) -> Vec<Case> {
     let (sn_ip, sn_mac) = solicited_node(MGMT6);
-    type Build = Box<dyn Fn(&[u8]) -> Vec<u8>>;
     let specs: Vec<(u16, &'static str, Expect, Build)> = vec![
         (
             1,
@@ -260,4 +266,61 @@ pub fn judge(
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{COPIES, Expect, judge, plan};
+    use crate::frames::find_marker;
+
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const G: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const P: [u8; 6] = [2, 0, 0, 0, 0, 3];
+
+    #[test]
+    fn every_frame_carries_its_marker() {
+        for c in plan(B, G, P) {
+            for (seq, f) in c.frames.iter().enumerate() {
+                assert_eq!(find_marker(f), Some((c.id, seq as u16)), "{}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn judge_needs_counters_and_arrivals() {
+        let p = plan(B, G, P);
+        let n = u32::from(COPIES);
+        let mut at_bridge = BTreeMap::new();
+        let mut at_peer = BTreeMap::new();
+        let mut counters = BTreeMap::new();
+        for c in &p {
+            match c.expect {
+                Expect::Drop(r) => *counters.entry(r.to_owned()).or_insert(0) += u64::from(n),
+                Expect::Host => {
+                    at_bridge.insert(c.id, n);
+                }
+                Expect::Peer => {
+                    at_peer.insert(c.id, n);
+                }
+                Expect::HostAndPeer => {
+                    at_bridge.insert(c.id, n);
+                    at_peer.insert(c.id, n);
+                }
+            }
+        }
+        let v = judge(&p, &at_bridge, &at_peer, &counters);
+        assert!(v.counters_ok && v.errors.is_empty(), "{:?}", v.errors);
+        assert_eq!(v.attacks_blocked, v.attacks_sent);
+        assert_eq!(v.legit_ok, v.legit_sent);
+
+        // One attack frame leaks and the counter is one short: both are reported.
+        at_bridge.insert(1, 1);
+        *counters.get_mut("deny_ipv4").expect("deny_ipv4") -= 1;
+        let v = judge(&p, &at_bridge, &at_peer, &counters);
+        assert!(!v.counters_ok);
+        assert_eq!(v.attacks_blocked, v.attacks_sent - 1);
+        assert_eq!(v.errors.len(), 2);
+    }
 }

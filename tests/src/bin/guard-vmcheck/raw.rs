@@ -162,7 +162,7 @@ impl Receiver {
                 if let Ok(n) = usize::try_from(n) {
                     // Frames this host sends out of the interface are seen too: only
                     // arrivals count.
-                    if from.sll_pkttype != libc::PACKET_OUTGOING as u8
+                    if from.sll_pkttype != libc::PACKET_OUTGOING
                         && let Some((case, _)) = find_marker(&buf[..n])
                     {
                         *counts.entry(case).or_insert(0) += 1;

@@ -75,7 +75,7 @@ pub struct Case {
     pub rule_id: u32,
     /// Run with the global monitor flag set.
     pub monitor: bool,
-    /// `bpf_prog_test_run_skb` refuses frames whose L3 header is shorter than the EtherType
+    /// `bpf_prog_test_run_skb` refuses frames whose L3 header is shorter than the `EtherType`
     /// promises (measured on 6.18; the kernel builds the skb from it): for TC the case checks
     /// that refusal instead of a verdict.
     pub skb_refuses: bool,
@@ -100,6 +100,10 @@ fn v4(dst: Mac, tags: &[(u16, u16)], to: Ipv4Addr) -> Vec<u8> {
 /// The representative cases. Frames are at least 60 bytes where the wire would pad them, so
 /// the skb test run sees what a live TC hook sees.
 #[must_use]
+#[expect(
+    clippy::too_many_lines,
+    reason = "a table of cases, one entry each, read top to bottom"
+)]
 pub fn cases() -> Vec<Case> {
     let q = |vid: u16| (ETH_P_8021Q, vid);
     let ad = |vid: u16| (ETH_P_8021AD, vid);

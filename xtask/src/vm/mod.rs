@@ -37,11 +37,25 @@ pub struct VmtestArgs {
     #[arg(long, value_delimiter = ',', default_value = "xdp,xdp-generic,tc,tcx")]
     pub hooks: Vec<String>,
     /// Hook modes of the real-guest test on the tap (empty: skip it).
-    #[arg(long, value_delimiter = ',', default_value = "xdp")]
+    #[arg(long, value_delimiter = ',', default_value = "xdp,xdp-generic")]
     pub tap_hooks: Vec<String>,
     /// Seconds a matrix guest may take before it is killed.
     #[arg(long, default_value_t = 240)]
     pub timeout: u64,
+}
+
+impl Default for VmtestArgs {
+    /// The command line's defaults, for callers such as `cargo xtask test`.
+    fn default() -> Self {
+        Self {
+            kernel: "all".into(),
+            hooks: ["xdp", "xdp-generic", "tc", "tcx"]
+                .map(String::from)
+                .to_vec(),
+            tap_hooks: ["xdp", "xdp-generic"].map(String::from).to_vec(),
+            timeout: 240,
+        }
+    }
 }
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
@@ -411,6 +425,22 @@ pub fn vmtest(args: &VmtestArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{expected_mode, version};
+
+    #[test]
+    fn defaults_match_the_command_line() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::VmtestArgs,
+        }
+        let parsed = Cli::parse_from(["vmtest"]).args;
+        let default = super::VmtestArgs::default();
+        assert_eq!(parsed.kernel, default.kernel);
+        assert_eq!(parsed.hooks, default.hooks);
+        assert_eq!(parsed.tap_hooks, default.tap_hooks);
+        assert_eq!(parsed.timeout, default.timeout);
+    }
 
     #[test]
     fn versions_and_expected_modes() {

@@ -143,6 +143,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         }
     }
 
+    if !vm_matrix(options.quick) {
+        failed_steps.push("VM matrix");
+    }
+
     let Totals {
         passed,
         failed,
@@ -163,6 +167,22 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         bail!("cargo xtask test failed: {}", failed_steps.join(", "));
     }
     Ok(())
+}
+
+/// The kernel matrix and the tap guest (`cargo xtask vmtest`); false if it failed.
+fn vm_matrix(quick: bool) -> bool {
+    if quick {
+        println!("test: the VM matrix is not run with --quick (CI runs it)");
+        return true;
+    }
+    println!("test: VM matrix (cargo xtask vmtest)");
+    match crate::vm::vmtest(&crate::vm::VmtestArgs::default()) {
+        Ok(()) => true,
+        Err(err) => {
+            println!("test: VM matrix FAILED: {err:#}");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,9 +31,10 @@ struct Cli {
 
 #[derive(clap::Args, Clone, Copy)]
 struct LabArgs {
-    /// Host configuration: `base`, `bridge_ip` or `nat_host`.
-    #[arg(long, default_value = "base")]
-    variant: Variant,
+    /// Host configuration: `base`, `bridge_ip` or `nat_host` (default: `base`; the demo runs
+    /// `base` and then `nat_host`, whose guests reach the internet through the host's NAT).
+    #[arg(long)]
+    variant: Option<Variant>,
     /// Frames (datagrams, connections) per case.
     #[arg(long, default_value_t = attack::DEFAULT_COUNT)]
     count: u32,
@@ -85,7 +86,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Demo(a) => demo(a),
         Cmd::Attack(a) => negative_control(a),
         Cmd::Up(a) => {
-            let lab = Lab::build(a.variant)?;
+            let lab = Lab::build(a.variant.unwrap_or(Variant::Base))?;
             print!("{}", lab.describe());
             println!("built in {:.1?}; Ctrl-C deletes it", lab.build_time);
             loop {
@@ -116,7 +117,7 @@ fn fire_everything(lab: &Lab, opts: FireOptions) -> Result<Run> {
 
 fn negative_control(a: LabArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let lab = Lab::build(a.variant)?;
+    let lab = Lab::build(a.variant.unwrap_or(Variant::Base))?;
     print!("{}", lab.describe());
     let run = fire_everything(&lab, a.opts())?;
     print_table("attack", "without guard", &run.attacks, None);
@@ -152,7 +153,24 @@ fn negative_control(a: LabArgs) -> Result<ExitCode> {
 }
 
 fn demo(a: LabArgs) -> Result<ExitCode> {
-    let lab = Lab::build(a.variant)?;
+    let variants = match a.variant {
+        Some(v) => vec![v],
+        None => vec![Variant::Base, Variant::NatHost],
+    };
+    let mut code = ExitCode::SUCCESS;
+    for (i, v) in variants.into_iter().enumerate() {
+        if i > 0 {
+            println!("\n{}\n", "=".repeat(78));
+        }
+        if demo_one(v, a)? != ExitCode::SUCCESS {
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
+}
+
+fn demo_one(variant: Variant, a: LabArgs) -> Result<ExitCode> {
+    let lab = Lab::build(variant)?;
     print!("{}", lab.describe());
     let before = fire_everything(&lab, a.opts())?;
     print_table("attack", "without guard", &before.attacks, None);
@@ -244,19 +262,20 @@ fn with_guard(lab: &Lab, opts: FireOptions) -> Result<Run> {
     let path = guardctl_path()?;
     let host = lab.ns(Role::Host).to_owned();
     let bridge = lab::addr::BRIDGE;
-    guardctl(&path, &["--netns", &host, "attach", bridge])
+    let attached = guardctl(&path, &["--netns", &host, "attach", bridge])
         .with_context(|| format!("attaching guard to {bridge} in {host}"))?;
+    println!(
+        "\n$ guardctl --netns {host} attach {bridge}\n{}",
+        attached.trim_end()
+    );
     report_attachment(lab);
     let run = fire_everything(lab, opts);
-    let stats = guardctl(&path, &["--netns", &host, "stats", "--json"]);
+    let stats = guardctl(&path, &["--netns", &host, "stats"]);
     let detached = guardctl(&path, &["--netns", &host, "detach", bridge])
         .with_context(|| format!("detaching guard from {bridge} in {host}"));
     let run = run.context("firing with guard attached")?;
     match stats {
-        Ok(s) if serde_json::from_str::<serde_json::Value>(&s).is_ok() => {
-            println!("\nguardctl stats --json:\n{}", s.trim_end());
-        }
-        Ok(s) => eprintln!("guard-lab: `guardctl stats --json` printed no JSON: {s:?}"),
+        Ok(s) => println!("\n$ guardctl --netns {host} stats\n{}", s.trim_end()),
         Err(e) => eprintln!("guard-lab: {e:#}"),
     }
     detached?;

@@ -65,13 +65,13 @@ fn expected_reason(case: &AttackCase) -> &'static str {
         Probe::Udp {
             dst: IpAddr::V4(_), ..
         } => "deny_ipv4",
+        // A solicitation sent to the target address itself counts as IPv6: the destination
+        // is looked up before the ICMPv6 payload (docs/datapath.md, step 6).
         Probe::Udp {
             dst: IpAddr::V6(_), ..
-        } => "deny_ipv6",
+        }
+        | Probe::Ndp { unicast: true, .. } => "deny_ipv6",
         Probe::Arp { .. } => "deny_arp",
-        // A solicitation sent to the target address itself: the IPv6 destination is looked up
-        // before the ICMPv6 payload (docs/datapath.md, step 6), so it is a `deny_ipv6`.
-        Probe::Ndp { unicast: true, .. } => "deny_ipv6",
         Probe::Ndp { unicast: false, .. } => "deny_ndp",
     }
 }

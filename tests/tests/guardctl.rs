@@ -806,8 +806,7 @@ fn agent_follows_ports() {
 }
 
 /// Runs a failing guardctl and checks its exit, its message, and that nothing is left.
-fn assert_fails(gctl: &Guardctl, mut cmd: Command, what: &str, needle: &str, pins: &PinScope) {
-    let _ = gctl;
+fn assert_fails(mut cmd: Command, what: &str, needle: &str, pins: &PinScope) {
     let out = cmd.output().expect("run guardctl");
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("{what}: exit {:?}: {}", out.status.code(), err.trim());
@@ -830,14 +829,12 @@ fn error_cases() {
     let g = |args: &[&str]| gctl.command(Some(&host), args);
 
     assert_fails(
-        &gctl,
         g(&["attach", "br-nope"]),
         "bridge missing",
         "interface \"br-nope\" does not exist",
         &pins,
     );
     assert_fails(
-        &gctl,
         g(&["attach", "mgmt0"]),
         "not a bridge",
         "interface \"mgmt0\" is not a bridge",
@@ -847,16 +844,14 @@ fn error_cases() {
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(gctl.path())
         .args(["--netns", &host, "attach", addr::BRIDGE]);
-    assert_fails(&gctl, c, "not root", "permission denied", &pins);
+    assert_fails(c, "not root", "permission denied", &pins);
     assert_fails(
-        &gctl,
         g(&["attach", addr::BRIDGE, "--protect", "10.0.0.300/24"]),
         "invalid CIDR",
         "\"10.0.0.300/24\" is not a CIDR",
         &pins,
     );
     assert_fails(
-        &gctl,
         g(&[
             "attach",
             addr::BRIDGE,
@@ -870,7 +865,6 @@ fn error_cases() {
         &pins,
     );
     assert_fails(
-        &gctl,
         g(&["attach", addr::BRIDGE, "--hook", "ebpf-magic"]),
         "unknown hook",
         "unknown hook",
@@ -898,7 +892,6 @@ fn error_cases() {
     .arg(gctl.path())
     .args(["attach", addr::BRIDGE]);
     assert_fails(
-        &gctl,
         c,
         "bpffs not mountable",
         "bpffs: /sys/fs/bpf: Operation not permitted",
@@ -967,19 +960,22 @@ fn error_cases() {
     assert_no_namespaces_left();
 }
 
+/// Removes a temporary directory on drop.
+struct TempDir<'a>(&'a Path);
+
+impl Drop for TempDir<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0);
+    }
+}
+
 /// `config check` accepts a good file and points at line and column of a bad one.
 #[test]
 fn config_check() {
     let gctl = Guardctl::locate().expect("locate guardctl");
     let dir = std::env::temp_dir().join(format!("guard-config-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    struct Cleanup<'a>(&'a Path);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(self.0);
-        }
-    }
-    let _cleanup = Cleanup(&dir);
+    let _cleanup = TempDir(&dir);
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).expect("write config");

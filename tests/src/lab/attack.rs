@@ -613,6 +613,20 @@ pub fn fire(
     cases: &[AttackCase],
     opts: FireOptions,
 ) -> Result<Vec<CaseResult>> {
+    fire_with(lab, attacker, cases, opts, |_| Ok(()))
+}
+
+/// [`fire`], calling `after_case` once each case's frames are sent and before the next
+/// case's are (the end-to-end tests read guard's counters there, to attribute each counter
+/// change to one case). Delivery is still counted for all cases at the end, under one
+/// deadline.
+pub fn fire_with(
+    lab: &Lab,
+    attacker: &Attacker,
+    cases: &[AttackCase],
+    opts: FireOptions,
+    mut after_case: impl FnMut(&AttackCase) -> Result<()>,
+) -> Result<Vec<CaseResult>> {
     if opts.count == 0 || opts.count > MAX_COUNT {
         bail!(
             "frames per case must be 1..={MAX_COUNT}, not {}",
@@ -631,6 +645,7 @@ pub fn fire(
                 .send(&build_frame(attacker, a.case, nonce, seq))
                 .with_context(|| format!("case {} (UDP port {})", a.case.name, a.port))?;
         }
+        after_case(a.case)?;
     }
     let deadline = Instant::now() + opts.deadline;
     armed

@@ -29,6 +29,7 @@
 
 pub mod attack;
 pub mod frame;
+pub mod guardctl;
 pub mod legit;
 pub mod netns;
 pub mod sock;

@@ -690,7 +690,7 @@ pub fn detach(loc: &Location) -> Result<bool> {
     Ok(true)
 }
 
-/// Removes guard's cls_bpf filter from `port`'s ingress. Best effort, like
+/// Removes guard's `cls_bpf` filter from `port`'s ingress. Best effort, like
 /// [`release_link_pin`]: the interface may be gone, and its filters with it.
 fn remove_tc_filter(port: &str) {
     // Dropping the link object of an attached filter deletes the filter.

@@ -1,0 +1,115 @@
+//! `guard-bench`: guard against the physical floor, a real peer and nftables, in one run.
+//!
+//! - [`micro`]: `BPF_PROG_TEST_RUN` of guard's XDP and TC programs, an empty program of each
+//!   type (the floor) and xdp-filter's own `xdpfilt_alw_ip.o` (the peer) on the same frames,
+//!   in interleaved rounds; reported as medians of per-round ratios, which cancel most of the
+//!   noise of a shared machine;
+//! - [`flood`]: the lab's bridge under a flood from a guest namespace, generated with
+//!   `BPF_PROG_TEST_RUN` in live-frames mode, against every receive-side setup;
+//! - [`control`]: attach time, policy load time, `stats --json` time and the agent's memory;
+//! - [`report`]: the terminal table and the JSON file.
+//!
+//! Every measurement is compared with the targets of issue 7 in [`report`].
+
+pub mod control;
+pub mod flood;
+pub mod micro;
+pub mod report;
+pub mod sys;
+pub mod workload;
+
+/// Median, quartiles and extremes of one series of samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub median: f64,
+    pub p25: f64,
+    pub p75: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Summary {
+    /// Summarises `samples` (unsorted; NaNs are not expected and sort last).
+    #[must_use]
+    pub fn of(samples: &[f64]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        let q = |p: f64| {
+            // Linear interpolation between closest ranks.
+            let pos = p * (s.len() - 1) as f64;
+            let lo = pos.floor() as usize;
+            let hi = pos.ceil() as usize;
+            s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+        };
+        Self {
+            median: q(0.5),
+            p25: q(0.25),
+            p75: q(0.75),
+            min: s[0],
+            max: s[s.len() - 1],
+            n: s.len(),
+        }
+    }
+
+    /// Interquartile range relative to the median: the spread printed in the tables.
+    #[must_use]
+    pub fn rel_iqr(&self) -> f64 {
+        if self.median == 0.0 {
+            0.0
+        } else {
+            (self.p75 - self.p25) / self.median
+        }
+    }
+
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "median": self.median, "p25": self.p25, "p75": self.p75,
+            "min": self.min, "max": self.max, "n": self.n,
+        })
+    }
+}
+
+/// How big a run is: `--quick` (the CI smoke run) or the full measurement.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scale {
+    pub quick: bool,
+    /// Micro: interleaved rounds and `BPF_PROG_TEST_RUN` repeats per cell and round.
+    pub rounds: usize,
+    pub repeat: u32,
+    /// Prefix counts of guard's policy.
+    pub policy_sizes: &'static [usize],
+    /// Macro: rounds over all setups, and flood time per setup and round.
+    pub flood_rounds: usize,
+    pub flood_secs: f64,
+    /// Control plane: ports of the attach bridge, prefixes of the loaded policy.
+    pub ports: usize,
+    pub prefixes: usize,
+}
+
+impl Scale {
+    pub const FULL: Self = Self {
+        quick: false,
+        rounds: 15,
+        repeat: 200_000,
+        policy_sizes: &[10, 10_000, 100_000],
+        flood_rounds: 3,
+        flood_secs: 2.0,
+        ports: 256,
+        prefixes: 100_000,
+    };
+    pub const QUICK: Self = Self {
+        quick: true,
+        rounds: 3,
+        repeat: 5_000,
+        policy_sizes: &[10, 1_000],
+        flood_rounds: 1,
+        flood_secs: 0.3,
+        ports: 16,
+        prefixes: 1_000,
+    };
+}

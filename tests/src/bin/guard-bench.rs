@@ -42,6 +42,13 @@ struct Args {
     /// Run only these parts (repeatable; default: all).
     #[arg(long, value_enum, value_name = "PART")]
     only: Vec<Part>,
+    /// Flood only these setups (none, guard_xdp, guard_tc, nftables, read_drop, drop_all;
+    /// repeatable), e.g. to profile one with `perf record -C 0`.
+    #[arg(long, value_name = "SETUP")]
+    flood_setup: Vec<String>,
+    /// Seconds per flood (default: 2, or 0.3 with --quick).
+    #[arg(long, value_name = "SECS")]
+    flood_secs: Option<f64>,
     /// Bench this eBPF object instead of the one embedded in guardctl's library (for
     /// micro and the policy load; flood and control use guardctl's own).
     #[arg(long, value_name = "FILE")]
@@ -91,11 +98,15 @@ fn real_main() -> Result<()> {
     }
     guard_tests::lab::install_signal_cleanup()?;
     let started = Instant::now();
-    let scale = if args.quick {
-        Scale::QUICK
-    } else {
-        Scale::FULL
-    };
+    let mut scale = if args.quick { Scale::QUICK } else { Scale::FULL };
+    if let Some(s) = args.flood_secs {
+        scale.flood_secs = s;
+    }
+    let flood_only = args
+        .flood_setup
+        .iter()
+        .map(|k| flood::Setup::from_key(k).with_context(|| format!("unknown flood setup {k:?}")))
+        .collect::<Result<Vec<_>>>()?;
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let object: Vec<u8> = match &args.object {
         Some(p) => fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -132,7 +143,7 @@ fn real_main() -> Result<()> {
     if wants(Part::Flood) {
         let t = Instant::now();
         let f = flood::Flood::new()?;
-        let r = f.run(&scale)?;
+        let r = f.run(&scale, &flood_only)?;
         drop(f);
         let (text, t_flood, j) = report::flood_report(&r, &scale);
         println!(

@@ -167,7 +167,8 @@ pub fn run(object: &[u8], scale: &Scale, out_dir: &Path) -> Result<Results> {
     let mut lines = vec![
         format!("link add {BRIDGE} type bridge"),
         format!("link set {BRIDGE} up"),
-        "link add mgmt0 type dummy".to_owned(),
+        // No dummy driver on every kernel: a veth pair is as good a host interface.
+        "link add mgmt0 type veth peer name mgmt1".to_owned(),
         "addr add 10.10.0.1/24 dev mgmt0".to_owned(),
         "link set mgmt0 up".to_owned(),
     ];

@@ -8,10 +8,18 @@
 //!
 //! Receiver: `vg1`'s NAPI instance. veth only runs NAPI for frames coming from `ndo_xdp_xmit`
 //! when an XDP program is attached or GRO is on, so GRO is switched on for every setup. The
-//! NAPI instance is made threaded and its kthread is pinned to CPU 0 while the generator is
-//! pinned to CPU 1: the generator never pays for the receive side, a receiver slower than the
-//! generator shows as frames the veth ring refuses, and the kthread's own CPU time
-//! (`/proc/PID/schedstat`) is exactly the host's receive cost.
+//! generator thread is pinned to one CPU and runs `SCHED_FIFO` (the compilers sharing the
+//! machine cannot preempt it); the port's NAPI poll runs in softirq on that same CPU, at the
+//! `local_bh_enable` after each generator batch. So the CPU is 100% busy during a flood, every
+//! offered frame is received (no ring overflow), and the tick-sampled softirq time of that CPU
+//! (`/proc/stat`) is the host's receive cost, which the tables report per frame and as the
+//! frames per second one core could drop (`1-core Mpps`).
+//!
+//! Why not generator and receiver on two CPUs (a threaded NAPI on the other CPU): tried and
+//! profiled (`perf record -C 0`): every frame's page then goes back across CPUs to the
+//! generator's page pool, and the spin locks of that return (`__pv_queued_spin_lock_slowpath`,
+//! 12% of the receive CPU for drop-all and 25% for guard) dominate the difference between
+//! setups. A real NIC recycles on the receiving CPU; the same-CPU layout does too.
 //!
 //! Setups: `none` (the host bridges and forwards the frame to the management server), guard
 //! via `guardctl attach --hook xdp` and `--hook tc`, an nftables netdev-ingress rule on the port
@@ -20,14 +28,13 @@
 //! first byte and drops (the ceiling of any filter that looks at the frame: the difference to
 //! drop-all is the first touch of frame data written on the other CPU).
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 
 use super::sys::{self, BPF_PROG_TYPE_XDP, BPF_XDP, XDP_DROP, XDP_FLAGS_DRV_MODE, XDP_TX};
 use super::{Scale, Summary, workload};
@@ -40,7 +47,8 @@ const CHUNK: u32 = 1 << 18;
 /// Live-frames batch size (the kernel's default is 64).
 const BATCH: u32 = 64;
 const GEN_CPU: usize = 1;
-const RX_CPU: usize = 0;
+/// `USER_HZ`: the unit of `/proc/stat`.
+const USER_HZ: f64 = 100.0;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
@@ -99,8 +107,11 @@ pub struct Sample {
     pub rx_pps: f64,
     /// Frames the generator offered per second.
     pub offered_pps: f64,
-    /// Receive-side CPU time (the NAPI kthread) per million processed frames, in ms.
+    /// Receive-side CPU time (softirq on the flood CPU) per million processed frames, in ms
+    /// (numerically, ns per frame).
     pub cpu_ms_per_mframe: f64,
+    /// Busy share of the flood CPU (about 1: the generator never sleeps).
+    pub busy: f64,
 }
 
 /// Results per setup, in [`Setup::ALL`] order.
@@ -151,69 +162,40 @@ pub fn run_guardctl(guardctl: &PathBuf, ns: &str, args: &[&str]) -> Result<Strin
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Thread ids of NAPI kthreads named after `ifname` (`napi/<ifname>-<napi id>`).
-fn napi_threads(ifname: &str) -> Result<BTreeSet<u32>> {
-    let prefix = format!("napi/{ifname}-");
-    let mut out = BTreeSet::new();
-    for e in fs::read_dir("/proc").context("reading /proc")? {
-        let e = e?;
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(comm) = fs::read_to_string(e.path().join("comm"))
-            && comm.trim_end().starts_with(&prefix)
-        {
-            out.insert(pid);
-        }
-    }
-    Ok(out)
+/// `(softirq, busy)` ticks of one CPU (`/proc/stat`, in [`USER_HZ`]).
+fn cpu_ticks(cpu: usize) -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .ok_or_else(|| anyhow!("no {name} line in /proc/stat"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    ensure!(v.len() >= 7, "short {name} line in /proc/stat: {line:?}");
+    // user nice system idle iowait irq softirq [steal ...]
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v.get(7).copied().unwrap_or(0);
+    Ok((v[6], busy))
 }
 
-/// CPU time a thread has run, in ns (`/proc/PID/schedstat`, first field).
-fn cpu_ns(tid: u32) -> Result<u64> {
-    let s = fs::read_to_string(format!("/proc/{tid}/schedstat"))
-        .with_context(|| format!("reading /proc/{tid}/schedstat"))?;
-    s.split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("unexpected /proc/{tid}/schedstat: {s:?}"))
-}
-
-/// Real-time priority of the generator and the receive thread: above the compilers that share
-/// this machine, so a flood measures the receive path and not the scheduler's fairness (a
-/// NAPI thread that waits behind rustc lets the veth ring overflow while it is idle). The
-/// kernel's RT throttling still leaves others 5% of each CPU; floods last seconds.
+/// Real-time priority of the generator: above the compilers that share this machine, so a
+/// flood measures the datapath and not the scheduler's fairness. The kernel's RT throttling
+/// still leaves others 5% of the CPU; floods last seconds.
 const RT_PRIORITY: libc::c_int = 10;
 
-/// Makes `tid` (0: the calling thread) `SCHED_FIFO` at [`RT_PRIORITY`].
-fn make_realtime(tid: u32) -> Result<()> {
+/// Makes the calling thread `SCHED_FIFO` at [`RT_PRIORITY`].
+fn make_realtime() -> Result<()> {
     let param = libc::sched_param {
         sched_priority: RT_PRIORITY,
     };
     // SAFETY: `param` is a valid sched_param for the call.
-    let rc = unsafe { libc::sched_setscheduler(tid as libc::pid_t, libc::SCHED_FIFO, &raw const param) };
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
     ensure!(
         rc == 0,
-        "making thread {tid} SCHED_FIFO: {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-fn pin_thread(tid: u32, cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(
-            tid as libc::pid_t,
-            size_of::<libc::cpu_set_t>(),
-            &raw const set,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "pinning NAPI thread {tid} to CPU {cpu}: {}",
+        "making the generator SCHED_FIFO: {}",
         std::io::Error::last_os_error()
     );
     Ok(())
@@ -230,14 +212,13 @@ fn rx_packets(lab: &Lab, ifname: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("no rx packet count for {ifname} in `ip -s -j link` output"))
 }
 
-/// The flood lab: a base lab, the port's NAPI thread found and pinned, the generator loaded.
+/// The flood lab: a base lab with GRO (so NAPI) on the port, the generator loaded.
 pub struct Flood {
     lab: Lab,
     guardctl: PathBuf,
     port: String,
     port_ifindex: u32,
     guest_ifindex: u32,
-    napi: Vec<u32>,
     generator: OwnedFd,
     drop_all: OwnedFd,
     read_drop: OwnedFd,
@@ -252,29 +233,6 @@ impl Flood {
         let host = lab.netns(Role::Host);
         host.exec("ethtool", &["-K", &port.host.name, "gro", "on"], None)
             .with_context(|| format!("enabling GRO (and so NAPI) on {}", port.host.name))?;
-        let before = napi_threads(&port.host.name)?;
-        // `ip netns exec` gives the shell the namespace's /sys/class/net.
-        host.exec(
-            "sh",
-            &[
-                "-c",
-                &format!("echo 1 > /sys/class/net/{}/threaded", port.host.name),
-            ],
-            None,
-        )
-        .context("making the port's NAPI threaded")?;
-        let napi: Vec<u32> = napi_threads(&port.host.name)?
-            .difference(&before)
-            .copied()
-            .collect();
-        ensure!(
-            !napi.is_empty(),
-            "no NAPI kthread appeared for {} after enabling threaded NAPI",
-            port.host.name
-        );
-        for t in &napi {
-            pin_thread(*t, RX_CPU)?;
-        }
         let frame = Eth::new(addr::BRIDGE_MAC, port.guest.mac)
             .ipv4(Ipv4::new(addr::G1_4, workload::TARGET4).udp(40_000, 9, b"guard-bench"))
             .pad_to(60)
@@ -284,7 +242,6 @@ impl Flood {
             port: port.host.name.clone(),
             port_ifindex: port.host.ifindex,
             guest_ifindex: port.guest.ifindex,
-            napi,
             generator: sys::load_constant_program(BPF_PROG_TYPE_XDP, XDP_TX, "bench_gen")?,
             drop_all: sys::load_constant_program(BPF_PROG_TYPE_XDP, XDP_DROP, "bench_drop_all")?,
             read_drop: sys::load_read_and_drop()?,
@@ -337,12 +294,7 @@ impl Flood {
                     &self.read_drop
                 };
                 let link = in_netns(host, || {
-                    sys::link_create(
-                        prog.as_fd(),
-                        self.port_ifindex,
-                        BPF_XDP,
-                        XDP_FLAGS_DRV_MODE,
-                    )
+                    sys::link_create(prog.as_fd(), self.port_ifindex, BPF_XDP, XDP_FLAGS_DRV_MODE)
                 })?;
                 Ok(Some(link))
             }
@@ -367,28 +319,13 @@ impl Flood {
 
     /// Floods for `secs` and measures.
     fn flood(&self, secs: f64) -> Result<Sample> {
-        // The NAPI kthread may have been recreated by an attach (veth re-adds NAPI when XDP
-        // comes or goes); re-pin whatever exists now.
-        let threads: Vec<u32> = self
-            .napi
-            .iter()
-            .copied()
-            .filter(|t| fs::metadata(format!("/proc/{t}")).is_ok())
-            .collect();
-        if threads.is_empty() {
-            bail!("the NAPI kthread of {} is gone", self.port);
-        }
-        for t in &threads {
-            pin_thread(*t, RX_CPU)?;
-            make_realtime(*t)?;
-        }
-        let cpu0: u64 = threads.iter().map(|t| cpu_ns(*t)).sum::<Result<u64>>()?;
+        let (soft0, busy0) = cpu_ticks(GEN_CPU)?;
         let rx0 = rx_packets(&self.lab, &self.port)?;
         let started = Instant::now();
         let deadline = Duration::from_secs_f64(secs);
         let sent = in_netns(self.lab.ns(Role::G1), || -> Result<u64> {
             sys::pin_to_cpu(GEN_CPU)?;
-            make_realtime(0)?;
+            make_realtime()?;
             let started = Instant::now();
             let mut sent = 0u64;
             while started.elapsed() < deadline {
@@ -408,16 +345,18 @@ impl Flood {
         // Let the receiver drain what is still queued.
         std::thread::sleep(Duration::from_millis(20));
         let rx = rx_packets(&self.lab, &self.port)?.saturating_sub(rx0);
-        let cpu1: u64 = threads.iter().map(|t| cpu_ns(*t)).sum::<Result<u64>>()?;
+        let (soft1, busy1) = cpu_ticks(GEN_CPU)?;
         let rxf = rx as f64;
+        let soft_s = soft1.saturating_sub(soft0) as f64 / USER_HZ;
         Ok(Sample {
             rx_pps: rxf / wall,
             offered_pps: sent as f64 / wall,
             cpu_ms_per_mframe: if rx == 0 {
                 f64::NAN
             } else {
-                (cpu1.saturating_sub(cpu0)) as f64 / 1e6 / (rxf / 1e6)
+                soft_s * 1e3 / (rxf / 1e6)
             },
+            busy: busy1.saturating_sub(busy0) as f64 / USER_HZ / wall,
         })
     }
 

@@ -98,7 +98,7 @@ impl Scale {
         repeat: 200_000,
         policy_sizes: &[10, 10_000, 100_000],
         flood_rounds: 3,
-        flood_secs: 2.0,
+        flood_secs: 3.0,
         ports: 256,
         prefixes: 100_000,
     };

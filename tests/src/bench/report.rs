@@ -277,6 +277,7 @@ pub fn flood_report(r: &flood::Results, scale: &Scale) -> (String, Vec<Target>, 
         json_rows.push(json!({
             "setup": setup.key(), "name": setup.name(),
             "rx_pps": rx.to_json(), "offered_pps": off.to_json(), "cpu_ms_per_mframe": cpu.to_json(),
+            "cpu_busy_share": r.summary(i, |x| x.busy).to_json(),
         }));
     }
     let med = |s: Setup| {
@@ -291,7 +292,7 @@ pub fn flood_report(r: &flood::Results, scale: &Scale) -> (String, Vec<Target>, 
             .position(|x| *x == s)
             .map_or(f64::NAN, |i| r.summary(i, |x| x.cpu_ms_per_mframe).median)
     };
-    let targets = vec![
+    let all = vec![
         Target {
             name: "macro: guard xdp / drop-all ceiling (rx frames/s)".into(),
             value: med(Setup::GuardXdp) / med(Setup::DropAll),
@@ -319,6 +320,11 @@ pub fn flood_report(r: &flood::Results, scale: &Scale) -> (String, Vec<Target>, 
             at_most: false,
         },
     ];
+    // A ratio with a setup that did not run (--flood-setup) is no verdict.
+    let targets = all
+        .into_iter()
+        .filter(|t| t.value.is_finite() && t.value > 0.0)
+        .collect();
     let json = json!({
         "rounds": scale.flood_rounds, "seconds_per_flood": scale.flood_secs, "setups": json_rows,
     });

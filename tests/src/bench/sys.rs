@@ -102,12 +102,12 @@ pub fn load_constant_program(prog_type: u32, verdict: u32, name: &str) -> Result
 /// the first touch of the frame's cache line.
 pub fn load_read_and_drop() -> Result<OwnedFd> {
     let insns = [
-        insn(0x61, 0x12, 0, 0),   // r2 = *(u32 *)(r1 + 0)   xdp_md.data
-        insn(0x61, 0x13, 4, 0),   // r3 = *(u32 *)(r1 + 4)   xdp_md.data_end
-        insn(0xbf, 0x24, 0, 0),   // r4 = r2
-        insn(0x07, 0x04, 0, 14),  // r4 += 14
-        insn(0x2d, 0x34, 1, 0),   // if r4 > r3 goto +1
-        insn(0x71, 0x20, 0, 0),   // r0 = *(u8 *)(r2 + 0)
+        insn(0x61, 0x12, 0, 0),  // r2 = *(u32 *)(r1 + 0)   xdp_md.data
+        insn(0x61, 0x13, 4, 0),  // r3 = *(u32 *)(r1 + 4)   xdp_md.data_end
+        insn(0xbf, 0x24, 0, 0),  // r4 = r2
+        insn(0x07, 0x04, 0, 14), // r4 += 14
+        insn(0x2d, 0x34, 1, 0),  // if r4 > r3 goto +1
+        insn(0x71, 0x20, 0, 0),  // r0 = *(u8 *)(r2 + 0)
         mov_r0(XDP_DROP),
         EXIT,
     ];
@@ -124,8 +124,7 @@ fn load_program(prog_type: u32, insns: &[u64], name: &str) -> Result<OwnedFd> {
     // prog_name[16] at offset 48: shows up in `bpftool prog`.
     let n = name.len().min(15);
     attr.0[48..48 + n].copy_from_slice(&name.as_bytes()[..n]);
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)
-        .with_context(|| format!("BPF_PROG_LOAD of {name}"))?;
+    let fd = bpf(BPF_PROG_LOAD, &mut attr).with_context(|| format!("BPF_PROG_LOAD of {name}"))?;
     // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

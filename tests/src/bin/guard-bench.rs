@@ -98,7 +98,11 @@ fn real_main() -> Result<()> {
     }
     guard_tests::lab::install_signal_cleanup()?;
     let started = Instant::now();
-    let mut scale = if args.quick { Scale::QUICK } else { Scale::FULL };
+    let mut scale = if args.quick {
+        Scale::QUICK
+    } else {
+        Scale::FULL
+    };
     if let Some(s) = args.flood_secs {
         scale.flood_secs = s;
     }

@@ -30,7 +30,7 @@ use crate::lab::{NAME_BASE, NetNs};
 
 const BRIDGE: &str = "br0";
 /// How long `guardctl run` may take to attach and report that it is following the bridge.
-const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(180);
+const AGENT_READY_TIMEOUT: Duration = Duration::from_mins(3);
 
 #[derive(Clone, Debug, Default)]
 pub struct Results {
@@ -88,11 +88,11 @@ fn set_policy_time(object: &[u8], n: usize) -> Result<f64> {
         .collect::<Result<Vec<_>>>()?;
     let policy = Policy::from_rules(specs)?;
     let mut classes = Classes::default();
-    let (writes, secs) = timed(|| Ok(maps.set_policy(&policy, &mut classes)?))?;
+    let (writes, elapsed) = timed(|| Ok(maps.set_policy(&policy, &mut classes)?))?;
     if writes != n {
         bail!("set_policy wrote {writes} entries for {n} prefixes");
     }
-    Ok(secs)
+    Ok(elapsed)
 }
 
 fn status_kib(pid: u32, field: &str) -> Result<u64> {
@@ -146,7 +146,7 @@ fn agent_memory(guardctl: &Path, ns: &str, n: usize, dir: &Path) -> Result<(u64,
     };
     // SIGTERM: the agent's normal stop (enforcement stays; `_attached` detaches).
     // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
     let _ = child.wait();
     let _ = std::fs::remove_file(&cfg);
     measured

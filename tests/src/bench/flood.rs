@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, ensure};
 
 use super::sys::{self, BPF_PROG_TYPE_XDP, BPF_XDP, XDP_DROP, XDP_FLAGS_DRV_MODE, XDP_TX};
-use super::{Scale, Summary, workload};
+use super::{Scale, Summary, float, workload};
 use crate::lab::netns::in_netns;
 use crate::lab::{Lab, Role, Variant, addr};
 use crate::packet::{Eth, Ipv4};
@@ -346,17 +346,17 @@ impl Flood {
         std::thread::sleep(Duration::from_millis(20));
         let rx = rx_packets(&self.lab, &self.port)?.saturating_sub(rx0);
         let (soft1, busy1) = cpu_ticks(GEN_CPU)?;
-        let rxf = rx as f64;
-        let soft_s = soft1.saturating_sub(soft0) as f64 / USER_HZ;
+        let rxf = float(rx);
+        let soft_s = float(soft1.saturating_sub(soft0)) / USER_HZ;
         Ok(Sample {
             rx_pps: rxf / wall,
-            offered_pps: sent as f64 / wall,
+            offered_pps: float(sent) / wall,
             cpu_ms_per_mframe: if rx == 0 {
                 f64::NAN
             } else {
                 soft_s * 1e3 / (rxf / 1e6)
             },
-            busy: busy1.saturating_sub(busy0) as f64 / USER_HZ / wall,
+            busy: float(busy1.saturating_sub(busy0)) / USER_HZ / wall,
         })
     }
 

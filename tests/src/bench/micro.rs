@@ -27,7 +27,7 @@ use crate::datapath::{Datapath, Hook};
 /// Debian's xdp-tools puts xdp-filter's programs here.
 pub const PEER_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_alw_ip.o";
 const PEER_PROGRAM: &str = "xdpfilt_alw_ip";
-/// xdp-filter's `MAP_FLAG_DST` (common_kern_user.h): match the destination address. Its
+/// xdp-filter's `MAP_FLAG_DST` (`common_kern_user.h`): match the destination address. Its
 /// program tests `value & 2` after the destination lookup (see `llvm-objdump -d` of the object).
 const PEER_FLAG_DST: u64 = 1 << 1;
 
@@ -208,7 +208,7 @@ pub fn hook_name(hook: Hook) -> &'static str {
 
 #[must_use]
 pub fn size_label(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()

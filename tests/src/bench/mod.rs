@@ -18,6 +18,16 @@ pub mod report;
 pub mod sys;
 pub mod workload;
 
+/// `x` as a float: counts, nanoseconds and ticks here stay far below 2^52.
+#[must_use]
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "bench counts stay far below 2^52"
+)]
+pub fn float(x: u64) -> f64 {
+    x as f64
+}
+
 /// Median, quartiles and extremes of one series of samples.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Summary {
@@ -38,12 +48,16 @@ impl Summary {
         }
         let mut s = samples.to_vec();
         s.sort_by(f64::total_cmp);
+        let last = s.len() - 1;
         let q = |p: f64| {
-            // Linear interpolation between closest ranks.
-            let pos = p * (s.len() - 1) as f64;
-            let lo = pos.floor() as usize;
-            let hi = pos.ceil() as usize;
-            s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+            // Linear interpolation between the closest ranks `lo` and `lo + 1`.
+            let pos = p * float(last as u64);
+            let lo = (0..last)
+                .rev()
+                .find(|&i| float(i as u64) <= pos)
+                .unwrap_or(0);
+            let hi = (lo + 1).min(last);
+            s[lo] + (s[hi] - s[lo]) * (pos - float(lo as u64))
         };
         Self {
             median: q(0.5),

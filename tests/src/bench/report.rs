@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::flood::{self, Setup};
 use super::micro::{self, Kind, Loaded, Samples, hook_name, size_label};
-use super::{Scale, Summary, control};
+use super::{Scale, Summary, control, float};
 use crate::datapath::Hook;
 
 /// One target of issue 7, judged.
@@ -110,6 +110,11 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// The micro tables (one per hook) and the micro targets.
+#[must_use]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table per hook and its targets, read top to bottom"
+)]
 pub fn micro_report(loaded: &Loaded, s: &Samples, scale: &Scale) -> (String, Vec<Target>, Value) {
     let sizes = scale.policy_sizes;
     let small = sizes[0];
@@ -245,6 +250,7 @@ pub fn micro_report(loaded: &Loaded, s: &Samples, scale: &Scale) -> (String, Vec
     (out, targets, json)
 }
 
+#[must_use]
 pub fn flood_report(r: &flood::Results, scale: &Scale) -> (String, Vec<Target>, Value) {
     let mut rows = vec![vec![
         "flood setup".to_owned(),
@@ -331,6 +337,7 @@ pub fn flood_report(r: &flood::Results, scale: &Scale) -> (String, Vec<Target>, 
     (table(&rows), targets, json)
 }
 
+#[must_use]
 pub fn control_report(c: &control::Results) -> (String, Value) {
     let rows = vec![
         vec![
@@ -360,8 +367,8 @@ pub fn control_report(c: &control::Results) -> (String, Value) {
         ],
         vec![
             format!("guardctl run, {} prefixes: RSS (peak)", c.prefixes),
-            format!("{:.1} MiB", c.agent_rss_kib as f64 / 1024.0),
-            format!("peak {:.1} MiB", c.agent_hwm_kib as f64 / 1024.0),
+            format!("{:.1} MiB", float(c.agent_rss_kib) / 1024.0),
+            format!("peak {:.1} MiB", float(c.agent_hwm_kib) / 1024.0),
         ],
         vec![
             format!("guardctl run, {} prefixes: start to following", c.prefixes),

@@ -80,19 +80,19 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
 const fn insn(code: u8, regs: u8, off: i16, imm: i32) -> u64 {
     (code as u64)
         | ((regs as u64) << 8)
-        | (((off as u16) as u64) << 16)
-        | ((imm as u32 as u64) << 32)
+        | ((off.cast_unsigned() as u64) << 16)
+        | ((imm.cast_unsigned() as u64) << 32)
 }
 
 /// `r0 = imm` (`BPF_ALU64 | BPF_MOV | BPF_K`).
 const fn mov_r0(imm: u32) -> u64 {
-    insn(0xb7, 0, 0, imm as i32)
+    insn(0xb7, 0, 0, imm.cast_signed())
 }
 /// `exit` (`BPF_JMP | BPF_EXIT`).
 const EXIT: u64 = insn(0x95, 0, 0, 0);
 
 /// Loads `r0 = verdict; exit`: the least a program of `prog_type` can do. Two instructions,
-/// JITed to a handful of bytes: what any filter costs at minimum on that hook.
+/// compiled by the JIT to a handful of bytes: what any filter costs at minimum on that hook.
 pub fn load_constant_program(prog_type: u32, verdict: u32, name: &str) -> Result<OwnedFd> {
     load_program(prog_type, &[mov_r0(verdict), EXIT], name)
 }
@@ -140,7 +140,7 @@ pub struct TestRun {
 /// Runs `prog` `repeat` times on `data` and returns the kernel's verdict and per-run average.
 pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> io::Result<TestRun> {
     let mut attr = Attr::new();
-    attr.u32(0, prog.as_raw_fd() as u32);
+    attr.u32(0, prog.as_raw_fd().cast_unsigned());
     attr.u32(8, data.len() as u32);
     attr.u64(16, data.as_ptr() as u64);
     attr.u32(32, repeat);
@@ -183,7 +183,7 @@ pub fn live_frames(
         egress_ifindex: 0,
     };
     let mut attr = Attr::new();
-    attr.u32(0, prog.as_raw_fd() as u32);
+    attr.u32(0, prog.as_raw_fd().cast_unsigned());
     attr.u32(8, frame.len() as u32);
     attr.u64(16, frame.as_ptr() as u64);
     attr.u32(32, repeat);
@@ -205,7 +205,7 @@ pub fn link_create(
     flags: u32,
 ) -> Result<OwnedFd> {
     let mut attr = Attr::new();
-    attr.u32(0, prog.as_raw_fd() as u32);
+    attr.u32(0, prog.as_raw_fd().cast_unsigned());
     attr.u32(4, ifindex);
     attr.u32(8, attach_type);
     attr.u32(12, flags);

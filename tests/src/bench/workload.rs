@@ -2,7 +2,7 @@
 //! size that keep those frames' verdicts fixed.
 //!
 //! The addressing follows the lab ([`crate::lab::addr`]): guests in 192.168.50.0/24, the host's
-//! management network 10.10.0.0/24 and fd00:10::/64 protected, the bridge MAC host-bound.
+//! management network `10.10.0.0/24` and `fd00:10::/64` protected, the bridge MAC host-bound.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -186,14 +186,14 @@ fn mask_v6(a: u128, len: u8) -> u128 {
 
 /// `n` distinct deny prefixes (at least the [`base_prefixes`]), about half IPv4 and half IPv6.
 /// The random ones stay out of 10/8, 127/8, 192/8, 203/8 and multicast (so they never cover a
-/// bench frame's address and never change a verdict), and out of fc00::/7 for IPv6.
+/// bench frame's address and never change a verdict), and out of `fc00::/7` for IPv6.
 #[must_use]
 pub fn prefixes(n: usize) -> Vec<Prefix> {
     let mut out = base_prefixes();
     let mut seen: HashSet<Prefix> = out.iter().copied().collect();
     let mut rng = Rng(0x6775_6172_6462_656e ^ n as u64);
     while out.len() < n {
-        let p = if out.len() % 2 == 0 {
+        let p = if out.len().is_multiple_of(2) {
             let len = rng.pick(&V4_LENS);
             let a = loop {
                 let a = rng.next() as u32;

@@ -42,7 +42,7 @@ struct Args {
     /// Run only these parts (repeatable; default: all).
     #[arg(long, value_enum, value_name = "PART")]
     only: Vec<Part>,
-    /// Flood only these setups (none, guard_xdp, guard_tc, nftables, read_drop, drop_all;
+    /// Flood only these setups (`none`, `guard_xdp`, `guard_tc`, `nftables`, `read_drop`, `drop_all`;
     /// repeatable), e.g. to profile one with `perf record -C 0`.
     #[arg(long, value_name = "SETUP")]
     flood_setup: Vec<String>,

@@ -38,7 +38,12 @@ const TC_ACT_SHOT: u32 = 2;
 pub enum Kind {
     Floor,
     Peer,
-    Guard { prefixes: usize },
+    /// `variant` 0 is the object under test; 1.. are `--candidate` objects (A/B runs of a
+    /// datapath change in the same interleaved rounds).
+    Guard {
+        prefixes: usize,
+        variant: usize,
+    },
 }
 
 /// One program under test.
@@ -135,8 +140,9 @@ fn load_peer() -> Result<Ebpf> {
     loaded
 }
 
-/// Loads every contender for the policy sizes of `scale`.
-pub fn load(object: &[u8], scale: &Scale) -> Result<Loaded> {
+/// Loads every contender for the policy sizes of `scale`: the floor, the peer, guard from
+/// `object`, and guard from each of `candidates` (label, object).
+pub fn load(object: &[u8], candidates: &[(String, Vec<u8>)], scale: &Scale) -> Result<Loaded> {
     let mut contenders = vec![
         Contender {
             label: "empty xdp".into(),
@@ -168,12 +174,44 @@ pub fn load(object: &[u8], scale: &Scale) -> Result<Loaded> {
     let peer = load_peer()?;
     let mut guards = Vec::new();
     let mut guard_info = Vec::new();
-    for &n in scale.policy_sizes {
+    let objects = std::iter::once(("guard", object))
+        .chain(candidates.iter().map(|(l, o)| (l.as_str(), o.as_slice())));
+    for (variant, (name, obj)) in objects.enumerate() {
+        for &n in scale.policy_sizes {
+            load_guard(
+                &mut guards,
+                &mut guard_info,
+                &mut contenders,
+                name,
+                variant,
+                obj,
+                n,
+            )?;
+        }
+    }
+    Ok(Loaded {
+        contenders,
+        guards,
+        peer,
+        guard_info,
+    })
+}
+
+fn load_guard(
+    guards: &mut Vec<Datapath>,
+    guard_info: &mut Vec<ProgramFacts>,
+    contenders: &mut Vec<Contender>,
+    name: &str,
+    variant: usize,
+    object: &[u8],
+    n: usize,
+) -> Result<()> {
+    {
         let policy = workload::guard_policy(&workload::prefixes(n));
         let dp = Datapath::load(object, &policy)
-            .with_context(|| format!("loading guard with {n} prefixes"))?;
+            .with_context(|| format!("loading {name} with {n} prefixes"))?;
         for hook in Hook::ALL {
-            let label = format!("guard {} {}", hook_name(hook), size_label(n));
+            let label = format!("{name} {} {}", hook_name(hook), size_label(n));
             let info = dp.program(hook)?.info()?;
             guard_info.push(ProgramFacts {
                 label: label.clone(),
@@ -183,19 +221,17 @@ pub fn load(object: &[u8], scale: &Scale) -> Result<Loaded> {
             });
             contenders.push(Contender {
                 label,
-                kind: Kind::Guard { prefixes: n },
+                kind: Kind::Guard {
+                    prefixes: n,
+                    variant,
+                },
                 hook,
                 fd: ProgFd::Guard(guards.len()),
             });
         }
         guards.push(dp);
     }
-    Ok(Loaded {
-        contenders,
-        guards,
-        peer,
-        guard_info,
-    })
+    Ok(())
 }
 
 #[must_use]

@@ -67,7 +67,12 @@ fn peer(loaded: &Loaded) -> Option<usize> {
 
 fn guard(loaded: &Loaded, hook: Hook, n: usize) -> Option<usize> {
     idx(loaded, |c| {
-        c.kind == Kind::Guard { prefixes: n } && c.hook == hook
+        c.kind
+            == Kind::Guard {
+                prefixes: n,
+                variant: 0,
+            }
+            && c.hook == hook
     })
 }
 
@@ -248,6 +253,60 @@ pub fn micro_report(loaded: &Loaded, s: &Samples, scale: &Scale) -> (String, Vec
         "paths": json_paths, "programs": facts,
     });
     (out, targets, json)
+}
+
+#[must_use]
+pub fn candidates_report(loaded: &Loaded, s: &Samples, scale: &Scale) -> (String, Value) {
+    let mut out = String::new();
+    let mut json_rows = Vec::new();
+    let variants: Vec<(usize, String)> = loaded
+        .contenders
+        .iter()
+        .filter_map(|c| match c.kind {
+            Kind::Guard { variant, .. } if variant > 0 => {
+                Some((variant, c.label.split(' ').next().unwrap_or("").to_owned()))
+            }
+            _ => None,
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    for (variant, name) in variants {
+        for hook in Hook::ALL {
+            let mut header = vec![format!(
+                "{name} / guard, {} (per-round ratio)",
+                hook_name(hook)
+            )];
+            header.extend(scale.policy_sizes.iter().map(|n| size_label(*n)));
+            let mut rows = vec![header];
+            for (pi, path) in s.paths.iter().enumerate() {
+                let mut row = vec![path.name.to_owned()];
+                for n in scale.policy_sizes {
+                    let a = idx(loaded, |c| {
+                        c.kind
+                            == Kind::Guard {
+                                prefixes: *n,
+                                variant,
+                            }
+                            && c.hook == hook
+                    });
+                    let (Some(a), Some(b)) = (a, guard(loaded, hook, *n)) else {
+                        continue;
+                    };
+                    let r = micro::ratio(s, pi, a, b);
+                    row.push(format!("{:.3} ±{:.0}%", r.median, r.rel_iqr() * 100.0));
+                    json_rows.push(json!({
+                        "candidate": name, "hook": hook_name(hook), "path": path.name,
+                        "prefixes": n, "ratio": r.to_json(),
+                    }));
+                }
+                rows.push(row);
+            }
+            out.push_str(&table(&rows));
+            out.push('\n');
+        }
+    }
+    (out, Value::Array(json_rows))
 }
 
 #[must_use]

@@ -49,6 +49,16 @@ struct Args {
     /// Seconds per flood (default: 2, or 0.3 with --quick).
     #[arg(long, value_name = "SECS")]
     flood_secs: Option<f64>,
+    /// Also bench this eBPF object as guard variant LABEL in the same micro rounds, and print
+    /// its per-round ratio to guard (repeatable): the A/B test of a datapath change.
+    #[arg(long, value_name = "LABEL=FILE")]
+    candidate: Vec<String>,
+    /// Micro rounds (default: 15, or 3 with --quick).
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+    /// Micro runs per cell and round (default: 200000, or 5000 with --quick).
+    #[arg(long, value_name = "N")]
+    repeat: Option<u32>,
     /// Bench this eBPF object instead of the one embedded in guardctl's library (for
     /// micro and the policy load; flood and control use guardctl's own).
     #[arg(long, value_name = "FILE")]
@@ -90,14 +100,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> Result<()> {
-    let args = Args::parse();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("guard-bench needs root (BPF_PROG_TEST_RUN, netns, XDP attach)");
-    }
-    guard_tests::lab::install_signal_cleanup()?;
-    let started = Instant::now();
+/// The scale with the command line's overrides, the flood setups and the candidate objects.
+type Settings = (Scale, Vec<flood::Setup>, Vec<(String, Vec<u8>)>);
+
+fn settings(args: &Args) -> Result<Settings> {
     let mut scale = if args.quick {
         Scale::QUICK
     } else {
@@ -106,11 +112,40 @@ fn real_main() -> Result<()> {
     if let Some(s) = args.flood_secs {
         scale.flood_secs = s;
     }
+    if let Some(r) = args.rounds {
+        scale.rounds = r.max(1);
+    }
+    if let Some(r) = args.repeat {
+        scale.repeat = r.max(1);
+    }
+    let candidates = args
+        .candidate
+        .iter()
+        .map(|c| {
+            let (label, file) = c
+                .split_once('=')
+                .with_context(|| format!("--candidate {c:?}: expected LABEL=FILE"))?;
+            let bytes = fs::read(file).with_context(|| format!("reading {file}"))?;
+            Ok((label.to_owned(), bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let flood_only = args
         .flood_setup
         .iter()
         .map(|k| flood::Setup::from_key(k).with_context(|| format!("unknown flood setup {k:?}")))
         .collect::<Result<Vec<_>>>()?;
+    Ok((scale, flood_only, candidates))
+}
+
+fn real_main() -> Result<()> {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("guard-bench needs root (BPF_PROG_TEST_RUN, netns, XDP attach)");
+    }
+    guard_tests::lab::install_signal_cleanup()?;
+    let started = Instant::now();
+    let (scale, flood_only, candidates) = settings(&args)?;
     let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
     let object: Vec<u8> = match &args.object {
         Some(p) => fs::read(p).with_context(|| format!("reading {}", p.display()))?,
@@ -131,7 +166,7 @@ fn real_main() -> Result<()> {
 
     if wants(Part::Micro) {
         let t = Instant::now();
-        let loaded = micro::load(&object, &scale)?;
+        let loaded = micro::load(&object, &candidates, &scale)?;
         let samples = micro::run(&loaded, &scale)?;
         let (text, t_micro, j) = report::micro_report(&loaded, &samples, &scale);
         println!(
@@ -143,6 +178,11 @@ fn real_main() -> Result<()> {
         print!("{text}");
         targets.extend(t_micro);
         doc.insert("micro".into(), j);
+        if !candidates.is_empty() {
+            let (text, j) = report::candidates_report(&loaded, &samples, &scale);
+            print!("{text}");
+            doc.insert("candidates".into(), j);
+        }
     }
     if wants(Part::Flood) {
         let t = Instant::now();

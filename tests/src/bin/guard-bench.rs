@@ -191,7 +191,7 @@ fn real_main() -> Result<()> {
         drop(f);
         let (text, t_flood, j) = report::flood_report(&r, &scale);
         println!(
-            "\nflood: g1 -> vg1, live-frames generator on CPU 1, receive NAPI thread on CPU 0, {} round(s) x {:.1} s ({:.1} s)\n",
+            "\nflood: g1 -> vg1, live-frames generator and the port's receive softirq on CPU 1, {} round(s) x {:.1} s; rx CPU = softirq time per frame ({:.1} s)\n",
             scale.flood_rounds,
             scale.flood_secs,
             t.elapsed().as_secs_f64()
@@ -215,8 +215,10 @@ fn real_main() -> Result<()> {
     doc.insert("duration_s".into(), json!(total));
 
     let dir = args.out.unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        manifest
+            .parent()
+            .unwrap_or(manifest)
             .join("target")
             .join("bench")
     });

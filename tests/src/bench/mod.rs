@@ -127,3 +127,27 @@ impl Scale {
         prefixes: 1_000,
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    #[test]
+    fn summary_quantiles() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let s = Summary::of(&[5.0, 1.0, 3.0, 2.0, 4.0]);
+        for (got, want) in [
+            (s.min, 1.0),
+            (s.p25, 2.0),
+            (s.median, 3.0),
+            (s.p75, 4.0),
+            (s.max, 5.0),
+        ] {
+            assert!(close(got, want), "{got} != {want}");
+        }
+        let even = Summary::of(&[1.0, 2.0, 3.0, 4.0]);
+        assert!(close(even.median, 2.5));
+        assert!(close(Summary::of(&[7.0]).median, 7.0));
+        assert_eq!(Summary::of(&[]).n, 0);
+    }
+}

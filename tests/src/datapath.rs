@@ -221,6 +221,14 @@ impl Datapath {
         Ok(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 
+    /// The loaded program of `hook`, for callers that drive `BPF_PROG_TEST_RUN` themselves
+    /// (the bench times every program through one raw code path).
+    pub fn program(&self, hook: Hook) -> Result<&aya::programs::Program> {
+        self.ebpf
+            .program(hook.name())
+            .ok_or_else(|| anyhow!("no program {}", hook.name()))
+    }
+
     /// Reads every counter of slots 0 and [`PORT_SLOT`] and the policy's rule hit counters.
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut counters = Vec::with_capacity(SLOTS.len() * reason::COUNT as usize);

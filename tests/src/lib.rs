@@ -5,8 +5,10 @@
 //!   given as a [`guard_common::model::Policy`], so the kernel and the reference model see the
 //!   same input;
 //! - [`lab`]: a libvirt-like host built from namespaces, bridges and veths, the attack
-//!   generator and the legitimate flows (shared by the tests and `guard-lab demo`).
+//!   generator and the legitimate flows (shared by the tests and `guard-lab demo`);
+//! - [`bench`]: `guard-bench`, guard against the floor, xdp-filter and nftables.
 
+pub mod bench;
 pub mod datapath;
 pub mod lab;
 pub mod packet;

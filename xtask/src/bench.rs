@@ -1,12 +1,42 @@
-//! `cargo xtask bench`: per-packet cost of guard against an empty program and xdp-filter,
-//! measured with `BPF_PROG_TEST_RUN`. Not written yet: until it is, this verb fails rather
-//! than pretend.
-use anyhow::bail;
+//! `cargo xtask bench [--quick]`: guard against the floor (an empty program), a real peer
+//! (xdp-filter's own object) and nftables, side by side in one run (`guard-bench`, method and
+//! latest results in docs/bench.md). Writes `target/bench/guard-bench-<UTC>.json` and
+//! `latest.json`. `cargo xtask test` runs the quick form as a smoke test.
+use std::process::Command;
 
-use crate::{build, setup};
+use anyhow::Context as _;
 
-pub fn run() -> anyhow::Result<()> {
+use crate::{build, cmd, setup};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// A smoke run: few repeats, a small policy, a short flood (under a minute).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    if !setup::is_root() {
+        anyhow::bail!(
+            "cargo xtask bench needs root: it loads XDP/TC programs and floods a namespace lab"
+        );
+    }
     let env = setup::run()?;
-    build::build(&env, false)?;
-    bail!("cargo xtask bench: not yet available")
+    let built = build::build(&env, true)?;
+    bench(&built, options.quick)
+}
+
+/// Runs the built `guard-bench` (release), with `guardctl` beside it.
+pub fn bench(built: &build::Built, quick: bool) -> anyhow::Result<()> {
+    let bin = built.workspace.target_dir.join("release");
+    let mut bench = Command::new(bin.join("guard-bench"));
+    bench
+        .current_dir(&built.workspace.root)
+        .env("GUARDCTL", bin.join("guardctl"))
+        .arg("--out")
+        .arg(built.workspace.target_dir.join("bench"));
+    if quick {
+        bench.arg("--quick");
+    }
+    cmd::run(&mut bench).context("guard-bench")
 }

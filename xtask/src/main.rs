@@ -33,8 +33,8 @@ enum Verb {
     Test(test::Options),
     /// Set up, build, then run the attack lab (not yet available).
     Demo,
-    /// Set up, build, then measure the datapath (not yet available).
-    Bench,
+    /// Set up, build, then measure guard against an empty program, xdp-filter and nftables.
+    Bench(bench::Options),
     /// Datapath checks inside VMs on Debian's 6.1 and 6.12 kernels, and a real guest
     /// attacking through a tap (root; qemu TCG).
     Vmtest(vm::VmtestArgs),
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Verb::Build(options) => build::run(&options),
         Verb::Test(options) => test::run(&options),
         Verb::Demo => demo::run(),
-        Verb::Bench => bench::run(),
+        Verb::Bench(options) => bench::run(&options),
         Verb::Vmtest(args) => vmtest::run(&args),
     };
     match result {

@@ -1,0 +1,280 @@
+//! What the bench feeds the programs: the frames of each path, and synthetic policies of any
+//! size that keep those frames' verdicts fixed.
+//!
+//! The addressing follows the lab ([`crate::lab::addr`]): guests in 192.168.50.0/24, the host's
+//! management network `10.10.0.0/24` and `fd00:10::/64` protected, the bridge MAC host-bound.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use guard_common::model::{Policy, Rule};
+use guard_common::{ACTION_DENY, CLASS_USER_FIRST};
+
+use crate::lab::addr;
+use crate::packet::{Arp, Eth, Ipv4, Ipv6};
+
+/// The host's MAC (the bridge MAC of the lab): frames to it are host-bound.
+pub const HOST_MAC: [u8; 6] = addr::BRIDGE_MAC;
+/// The sending guest.
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x11];
+/// Another guest: frames to it are not addressed to the host.
+pub const OTHER_GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x12];
+
+/// The protected target of every drop path (covered by the /24 and /64 of the policy; the
+/// peer gets the exact address, which is all xdp-filter can express).
+pub const TARGET4: Ipv4Addr = addr::MGMT_SERVER4;
+pub const TARGET6: Ipv6Addr = addr::MGMT_SERVER6;
+/// Host-bound but unprotected: a guest's traffic routed through the host to the internet.
+pub const UNPROTECTED4: Ipv4Addr = addr::INET4;
+
+/// Shortest Ethernet frame on the wire (without FCS): every frame is padded to it.
+const MIN_FRAME: usize = 60;
+
+/// One frame class of the micro bench.
+#[derive(Clone, Debug)]
+pub struct Path {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub frame: Vec<u8>,
+    /// guard drops it (with the protected prefixes in its policy).
+    pub guard_drops: bool,
+    /// xdp-filter drops it (with the exact target addresses in its maps).
+    pub peer_drops: bool,
+}
+
+/// The six paths of issue 7, in table order.
+#[must_use]
+pub fn paths() -> Vec<Path> {
+    let udp4 = |dst: Ipv4Addr| Ipv4::new(addr::G1_4, dst).udp(40_000, 9, b"guard-bench");
+    vec![
+        Path {
+            name: "not_host",
+            what: "unicast to another guest",
+            frame: Eth::new(OTHER_GUEST_MAC, GUEST_MAC)
+                .ipv4(udp4(addr::G2_4))
+                .pad_to(MIN_FRAME)
+                .build(),
+            guard_drops: false,
+            peer_drops: false,
+        },
+        Path {
+            name: "host_unprotected",
+            what: "host MAC, IPv4 to an unprotected address",
+            frame: Eth::new(HOST_MAC, GUEST_MAC)
+                .ipv4(udp4(UNPROTECTED4))
+                .pad_to(MIN_FRAME)
+                .build(),
+            guard_drops: false,
+            peer_drops: false,
+        },
+        Path {
+            name: "drop_ipv4",
+            what: "host MAC, IPv4 UDP to the management network",
+            frame: Eth::new(HOST_MAC, GUEST_MAC)
+                .ipv4(udp4(TARGET4))
+                .pad_to(MIN_FRAME)
+                .build(),
+            guard_drops: true,
+            peer_drops: true,
+        },
+        Path {
+            name: "drop_ipv6",
+            what: "host MAC, IPv6 UDP to the management network",
+            frame: Eth::new(HOST_MAC, GUEST_MAC)
+                .ipv6(Ipv6::new(addr::G1_6, TARGET6).udp(40_000, 9, b"guard-bench"))
+                .pad_to(MIN_FRAME)
+                .build(),
+            guard_drops: true,
+            peer_drops: true,
+        },
+        Path {
+            name: "drop_vlan",
+            what: "as drop_ipv4, behind an 802.1Q tag",
+            frame: Eth::new(HOST_MAC, GUEST_MAC)
+                .vlan(100)
+                .ipv4(udp4(TARGET4))
+                .pad_to(MIN_FRAME)
+                .build(),
+            guard_drops: true,
+            peer_drops: true,
+        },
+        Path {
+            name: "drop_arp",
+            what: "broadcast ARP request for a management address",
+            frame: Eth::new([0xff; 6], GUEST_MAC)
+                .arp(Arp::request(GUEST_MAC, addr::G1_4, TARGET4))
+                .pad_to(MIN_FRAME)
+                .build(),
+            guard_drops: true,
+            // xdp-filter's IP filter does not parse ARP.
+            peer_drops: false,
+        },
+    ]
+}
+
+/// One prefix of a synthetic policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+/// The prefixes every synthetic policy starts with: what guard's discovery would protect on
+/// the lab host (the management network and the host's own addresses on it).
+#[must_use]
+pub fn base_prefixes() -> Vec<Prefix> {
+    vec![
+        Prefix {
+            addr: IpAddr::V4(Ipv4Addr::new(10, 10, 0, 0)),
+            len: 24,
+        },
+        Prefix {
+            addr: IpAddr::V4(addr::HOST_MGMT4),
+            len: 32,
+        },
+        Prefix {
+            addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0)),
+            len: 64,
+        },
+        Prefix {
+            addr: IpAddr::V6(addr::HOST_MGMT6),
+            len: 128,
+        },
+    ]
+}
+
+/// splitmix64: a deterministic generator, so every run measures the same tries.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+}
+
+/// Realistic lengths, weighted toward what operators write: many /24-/32 and /48-/64 and host
+/// routes, few short prefixes.
+const V4_LENS: [u8; 18] = [
+    8, 12, 16, 16, 20, 22, 24, 24, 24, 24, 26, 28, 29, 30, 32, 32, 32, 32,
+];
+const V6_LENS: [u8; 19] = [
+    32, 40, 44, 48, 48, 48, 56, 56, 64, 64, 64, 64, 96, 112, 120, 127, 128, 128, 128,
+];
+
+fn mask_v4(a: u32, len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - u32::from(len)))
+    }
+}
+
+fn mask_v6(a: u128, len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - u32::from(len)))
+    }
+}
+
+/// `n` distinct deny prefixes (at least the [`base_prefixes`]), about half IPv4 and half IPv6.
+/// The random ones stay out of 10/8, 127/8, 192/8, 203/8 and multicast (so they never cover a
+/// bench frame's address and never change a verdict), and out of `fc00::/7` for IPv6.
+#[must_use]
+pub fn prefixes(n: usize) -> Vec<Prefix> {
+    let mut out = base_prefixes();
+    let mut seen: HashSet<Prefix> = out.iter().copied().collect();
+    let mut rng = Rng(0x6775_6172_6462_656e ^ n as u64);
+    while out.len() < n {
+        let p = if out.len().is_multiple_of(2) {
+            let len = rng.pick(&V4_LENS);
+            let a = loop {
+                let a = rng.next() as u32;
+                let first = a >> 24;
+                if (11..224).contains(&first) && ![127, 192, 203].contains(&first) {
+                    break a;
+                }
+            };
+            Prefix {
+                addr: IpAddr::V4(Ipv4Addr::from(mask_v4(a, len))),
+                len,
+            }
+        } else {
+            let len = rng.pick(&V6_LENS);
+            // Global unicast, 2000::/3.
+            let a = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3 | (1u128 << 125);
+            Prefix {
+                addr: IpAddr::V6(Ipv6Addr::from(mask_v6(a, len))),
+                len,
+            }
+        };
+        if seen.insert(p) {
+            out.push(p);
+        }
+    }
+    out.truncate(n.max(base_prefixes().len()));
+    out
+}
+
+/// The policy guard's kernel harness loads: the host MAC and `prefixes` as deny rules.
+#[must_use]
+pub fn guard_policy(prefixes: &[Prefix]) -> Policy {
+    Policy {
+        host_macs: vec![HOST_MAC],
+        rules: prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Rule {
+                addr: p.addr,
+                prefix_len: p.len,
+                action: ACTION_DENY,
+                rule_id: i as u32 + 1,
+                class: CLASS_USER_FIRST,
+            })
+            .collect(),
+        strict_mac: false,
+        monitor: false,
+        port_monitor: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_distinct_and_sized() {
+        for n in [4, 10, 1000] {
+            let p = prefixes(n);
+            assert_eq!(p.len(), n);
+            let set: HashSet<_> = p.iter().collect();
+            assert_eq!(set.len(), n);
+        }
+    }
+
+    #[test]
+    fn random_prefixes_never_cover_bench_addresses() {
+        for p in prefixes(5000).into_iter().skip(base_prefixes().len()) {
+            match p.addr {
+                IpAddr::V4(a) => {
+                    for t in [TARGET4, UNPROTECTED4, addr::G2_4] {
+                        assert_ne!(
+                            mask_v4(u32::from(t), p.len),
+                            u32::from(a),
+                            "{a}/{} covers {t}",
+                            p.len
+                        );
+                    }
+                }
+                IpAddr::V6(a) => assert_eq!(u128::from(a) >> 125, 1, "{a} not in 2000::/3"),
+            }
+        }
+    }
+}

@@ -16,7 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 
-use super::{host, kernel};
+use super::kernel;
+use crate::cmd;
 
 /// A newc archive being built in memory.
 #[derive(Default)]
@@ -179,12 +180,12 @@ pub fn build(k: &kernel::Prepared, bins: &[PathBuf], dest: &Path) -> Result<()> 
 
 /// A dynamically linked host program with every library `ldd` names, at their own paths.
 fn add_with_libs(c: &mut Cpio, prog: &str, dest: &str) -> Result<()> {
-    let path = host::run(Command::new("sh").args(["-c", &format!("command -v {prog}")]))
+    let path = cmd::output(Command::new("sh").args(["-c", &format!("command -v {prog}")]))
         .with_context(|| format!("finding {prog} on the host"))?;
     let path = fs::canonicalize(path.trim()).with_context(|| format!("resolving {prog}"))?;
     let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     c.file(dest, 0o755, &data);
-    let ldd = host::run(Command::new("ldd").arg(&path))?;
+    let ldd = cmd::output(Command::new("ldd").arg(&path))?;
     for line in ldd.lines() {
         // "libx.so.1 => /lib/.../libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let lib = line

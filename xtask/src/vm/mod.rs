@@ -27,6 +27,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+use crate::cmd;
+
 /// `cargo xtask vmtest` options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmtestArgs {
@@ -106,12 +108,12 @@ fn target_dir(root: &Path) -> PathBuf {
 /// Builds guardctl and guard-vmcheck static (musl): they run in initramfs guests with no C
 /// library, and on this host.
 fn build_static(root: &Path, target: &Path) -> Result<(PathBuf, PathBuf)> {
-    let installed = host::run(Command::new("rustup").args(["target", "list", "--installed"]))
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
         .unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == MUSL) {
-        host::run_shown(Command::new("rustup").args(["target", "add", MUSL]))?;
+        cmd::run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
-    host::run_shown(
+    cmd::run(
         Command::new("cargo")
             .current_dir(root)
             .args(["build", "--release", "--target", MUSL])
@@ -124,7 +126,7 @@ fn build_static(root: &Path, target: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn check_root() -> Result<()> {
-    let uid = host::run(Command::new("id").arg("-u")).context("running id -u")?;
+    let uid = cmd::output(Command::new("id").arg("-u")).context("running id -u")?;
     if uid.trim() != "0" {
         bail!("cargo xtask vmtest needs root (network namespaces, taps, BPF on the host side)");
     }

@@ -153,24 +153,27 @@ impl Datapath {
     /// Loads `object`, both programs and the maps for `policy`. Needs root (or `CAP_BPF` +
     /// `CAP_NET_ADMIN`).
     pub fn load(object: &[u8], policy: &Policy) -> Result<Self> {
+        Self::load_hooks(object, policy, &Hook::ALL)
+    }
+
+    /// Like [`Datapath::load`], but puts only the programs of `hooks` through the verifier:
+    /// a rejected program then fails its own load and no other (the VM matrix reports each
+    /// hook apart). Running a hook that was not loaded is an error.
+    pub fn load_hooks(object: &[u8], policy: &Policy, hooks: &[Hook]) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .load(object)
             .context("loading the eBPF object (maps and BTF)")?;
-        {
-            let prog: &mut Xdp = ebpf
-                .program_mut(program_names::XDP)
-                .ok_or_else(|| anyhow!("no program {} in the object", program_names::XDP))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifier rejected {}", program_names::XDP))?;
-        }
-        {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(program_names::TC)
-                .ok_or_else(|| anyhow!("no program {} in the object", program_names::TC))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifier rejected {}", program_names::TC))?;
+        for &hook in hooks {
+            let name = hook.name();
+            let program = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name} in the object"))?;
+            // aya's load error carries the verifier log in its message.
+            let loaded = match hook {
+                Hook::Xdp => <&mut Xdp>::try_from(program)?.load(),
+                Hook::Tc => <&mut SchedClassifier>::try_from(program)?.load(),
+            };
+            loaded.with_context(|| format!("verifier rejected {name}"))?;
         }
         fill_maps(&mut ebpf, policy)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;

@@ -1,6 +1,8 @@
 //! Shared helpers of the privileged tests.
 //!
 //! - [`packet`]: a builder for the frames guard judges (also used by the attack generator);
+//! - [`cases`]: the datapath case table (frames, policies, expected verdicts) and its runner,
+//!   shared by the datapath tests and `guard-vmcheck`;
 //! - [`datapath`]: runs guard's programs on frames with `BPF_PROG_TEST_RUN` against a policy
 //!   given as a [`guard_common::model::Policy`], so the kernel and the reference model see the
 //!   same input;
@@ -9,6 +11,7 @@
 //! - [`bench`]: `guard-bench`, guard against the floor, xdp-filter and nftables.
 
 pub mod bench;
+pub mod cases;
 pub mod datapath;
 pub mod lab;
 pub mod packet;

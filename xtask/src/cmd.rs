@@ -4,7 +4,7 @@ use std::{
     ffi::OsStr,
     fmt::Write as _,
     io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -76,12 +76,8 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
 /// (stderr is inherited). Returns whether the command succeeded: the caller decides whether a
 /// failure ends the run.
 pub fn run_tee(cmd: &mut Command, mut each: impl FnMut(&str)) -> anyhow::Result<bool> {
-    let line = display(cmd);
-    println!("$ {line}");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not start `{line}`"))?;
+    println!("$ {}", display(cmd));
+    let (mut child, line) = spawn(cmd.stdout(Stdio::piped()))?;
     let stdout = child
         .stdout
         .take()
@@ -95,4 +91,14 @@ pub fn run_tee(cmd: &mut Command, mut each: impl FnMut(&str)) -> anyhow::Result<
         .wait()
         .with_context(|| format!("waiting for `{line}`"))?;
     Ok(status.success())
+}
+
+/// Starts `cmd` with the stdio the caller set up; returns the child and the command line (for
+/// later messages and logs).
+pub fn spawn(cmd: &mut Command) -> anyhow::Result<(Child, String)> {
+    let line = display(cmd);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    Ok((child, line))
 }

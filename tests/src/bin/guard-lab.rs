@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use guard_tests::lab::{
     self, Lab, Role, Variant,
@@ -239,19 +239,12 @@ fn guardctl_path() -> Result<PathBuf> {
 }
 
 fn guardctl(path: &PathBuf, args: &[&str]) -> Result<String> {
-    let line = format!("{} {}", path.display(), args.join(" "));
-    let out = Command::new(path)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run `{line}` (set GUARDCTL to guardctl's path)"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    lab::netns::run_cmd(Command::new(path).args(args), None).with_context(|| {
+        format!(
+            "guardctl at {} (set GUARDCTL to guardctl's path)",
+            path.display()
+        )
+    })
 }
 
 // ==== WITH GUARD ===============================================================================

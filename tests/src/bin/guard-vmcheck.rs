@@ -1,30 +1,30 @@
 //! guard-vmcheck: guard's datapath checks, built static (musl) to run inside the test VMs of
 //! `cargo xtask vmtest`, on kernels other than the build host's.
 //!
-//! - `matrix`: the `BPF_PROG_TEST_RUN` table on both programs, then the namespace attack test
-//!   with guardctl in every hook mode. Each result is one `VMCHECK {json}` line on stdout (the
-//!   serial console), which xtask parses.
+//! - `matrix`: the datapath case table (`guard_tests::cases`, `BPF_PROG_TEST_RUN`) on both
+//!   programs of the embedded release object and of the debug object, then the namespace
+//!   attack test with guardctl in every hook mode. Each result is one `VMCHECK {json}` line on
+//!   stdout (the serial console), which xtask parses.
 //! - `send`: inside a real guest, sends the attack plan out of its NIC (the tap test).
 //! - `watch`: on the host side of the tap test, counts what arrives and judges the counters.
 //!
 //! Exit status is 0 when the checks could run, whatever they found: the verdicts are in the
 //! JSON, and xtask decides.
 
-#[path = "guard-vmcheck/frames.rs"]
-mod frames;
 #[path = "guard-vmcheck/nsattack.rs"]
 mod nsattack;
 #[path = "guard-vmcheck/plan.rs"]
 mod plan;
 #[path = "guard-vmcheck/raw.rs"]
 mod raw;
-#[path = "guard-vmcheck/testrun.rs"]
-mod testrun;
 
 use std::{process::ExitCode, thread, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
+use guard_tests::cases::run_table;
+use guard_tests::datapath::Hook;
+use guard_tests::lab::frame::{Mac, mac_to_string};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -38,6 +38,10 @@ struct Cli {
 enum Command {
     /// Test-run table on XDP and TC, then the namespace attack test in every hook mode.
     Matrix {
+        /// The debug eBPF object (`target/bpfel-unknown-none/debug/guard`): its table runs
+        /// after the embedded release object's.
+        #[arg(long)]
+        debug_object: Option<std::path::PathBuf>,
         /// Hook modes for the namespace test.
         #[arg(long, value_delimiter = ',', default_value = "xdp,xdp-generic,tc,tcx")]
         hooks: Vec<String>,
@@ -87,15 +91,56 @@ fn kernel_release() -> String {
         .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
 }
 
-fn matrix(hooks: &[String]) -> Result<()> {
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<Mac> {
+    guard_tests::lab::frame::parse_mac(s.trim())
+        .ok_or_else(|| anyhow!("{s:?} is not a MAC address"))
+}
+
+/// What one object's program did with the case table.
+#[derive(Debug, Default, Serialize)]
+struct TableOutcome {
+    /// `release` or `debug`.
+    object: String,
+    /// `xdp` or `tc`.
+    hook: String,
+    passed: usize,
+    total: usize,
+    failures: Vec<String>,
+    /// The load error with the verifier log, if the program was rejected.
+    load_error: Option<String>,
+}
+
+/// The whole table through one hook's program. A load failure (verifier) is an outcome, not
+/// an error: it is what the kernel matrix exists to find.
+fn table(object: &[u8], label: &str, hook: Hook) -> TableOutcome {
+    let mut out = TableOutcome {
+        object: label.to_owned(),
+        hook: format!("{hook:?}").to_lowercase(),
+        ..TableOutcome::default()
+    };
+    match run_table(object, &[hook], label) {
+        Ok(r) => {
+            out.passed = r.passed;
+            out.total = r.cases;
+            out.failures = r.failures;
+        }
+        Err(e) => out.load_error = Some(format!("{e:#}")),
+    }
+    out
+}
+
+fn matrix(hooks: &[String], debug_object: Option<&std::path::Path>) -> Result<()> {
     let kernel = kernel_release();
-    let table = testrun::cases();
-    for hook in [testrun::Hook::Xdp, testrun::Hook::Tc] {
-        emit(
-            "testrun",
-            &kernel,
-            &testrun::run(guard::EBPF_OBJECT, hook, &table),
-        )?;
+    let mut objects = vec![("release", guard::EBPF_OBJECT.to_vec())];
+    if let Some(path) = debug_object {
+        let debug = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        objects.push(("debug", debug));
+    }
+    for (label, object) in &objects {
+        for hook in Hook::ALL {
+            emit("testrun", &kernel, &table(object, label, hook))?;
+        }
     }
     for hook in hooks {
         emit("nsattack", &kernel, &nsattack::nsattack(hook))?;
@@ -109,7 +154,7 @@ fn send(iface: &str, bridge_mac: &str, peer_mac: &str) -> Result<()> {
     let mut waited = 0;
     let guest = loop {
         if let Ok(s) = std::fs::read_to_string(&sys) {
-            break frames::parse_mac(&s)?;
+            break parse_mac(&s)?;
         }
         if waited >= 100 {
             bail!("no interface {iface} after 10 s");
@@ -118,11 +163,7 @@ fn send(iface: &str, bridge_mac: &str, peer_mac: &str) -> Result<()> {
         waited += 1;
     };
     nsattack::run(std::process::Command::new("ip").args(["link", "set", iface, "up"]))?;
-    let plan = plan::plan(
-        frames::parse_mac(bridge_mac)?,
-        guest,
-        frames::parse_mac(peer_mac)?,
-    );
+    let plan = plan::plan(parse_mac(bridge_mac)?, guest, parse_mac(peer_mac)?);
     raw::send(
         None,
         iface,
@@ -132,14 +173,17 @@ fn send(iface: &str, bridge_mac: &str, peer_mac: &str) -> Result<()> {
     emit(
         "sent",
         &kernel_release(),
-        &serde_json::json!({ "guest_mac": frames::fmt_mac(guest), "cases": plan }),
+        &serde_json::json!({ "guest_mac": mac_to_string(&guest), "cases": plan }),
     )
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Matrix { hooks } => matrix(hooks),
+        Command::Matrix {
+            hooks,
+            debug_object,
+        } => matrix(hooks, debug_object.as_deref()),
         Command::Send {
             iface,
             bridge_mac,
@@ -152,7 +196,7 @@ fn main() -> ExitCode {
             peer_netns,
             peer_iface,
             guest_mac,
-        } => frames::parse_mac(guest_mac).and_then(|guest| {
+        } => parse_mac(guest_mac).and_then(|guest| {
             let v = nsattack::watch(netns, bridge, port, peer_netns, peer_iface, guest)?;
             emit("tap", &kernel_release(), &v)
         }),

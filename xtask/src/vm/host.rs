@@ -1,56 +1,11 @@
-//! Host commands and tools the VM tests need: running a command with an error that names it,
-//! and installing Debian packages that are missing.
+//! Host tools the VM tests need: installing the Debian packages of those that are missing.
+//! (Commands run through [`crate::cmd`].)
 
-use std::{
-    path::Path,
-    process::{Command, Output},
-};
+use std::{path::Path, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
-/// Runs `cmd`, returns its stdout; the error names the command line and carries its stderr.
-pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = output(cmd)?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Like [`run`], but keeps the raw output.
-pub fn output(cmd: &mut Command) -> Result<Output> {
-    let line = describe(cmd);
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out)
-}
-
-/// Runs `cmd` with output shown, echoing it first.
-pub fn run_shown(cmd: &mut Command) -> Result<()> {
-    let line = describe(cmd);
-    println!("$ {line}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{line}`"))?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    Ok(())
-}
-
-pub fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
+use crate::cmd;
 
 /// Is `prog` an executable on PATH (or an existing path)?
 pub fn have(prog: &str) -> bool {
@@ -88,7 +43,7 @@ pub fn ensure_tools() -> Result<()> {
         return Ok(());
     }
     let install = |pkgs: &[&str]| {
-        run_shown(
+        cmd::run(
             Command::new("apt-get")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(pkgs)
@@ -96,7 +51,7 @@ pub fn ensure_tools() -> Result<()> {
         )
     };
     if install(&missing).is_err() {
-        run_shown(Command::new("apt-get").args(["update", "-q"]))?;
+        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
         install(&missing).with_context(|| format!("installing {}", missing.join(" ")))?;
     }
     Ok(())
@@ -104,5 +59,5 @@ pub fn ensure_tools() -> Result<()> {
 
 /// An ELF without a program interpreter is static.
 pub fn is_static(path: &Path) -> bool {
-    run(Command::new("ldd").arg(path)).is_err()
+    cmd::output(Command::new("ldd").arg(path)).is_err()
 }

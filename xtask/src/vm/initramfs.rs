@@ -5,7 +5,7 @@
 //! Contents: busybox (static, Debian's busybox-static) as the shell and tools, iproute2's
 //! `ip` with its shared libraries (veth peers in namespaces and `ip netns` are beyond
 //! busybox's `ip`), the kernel's modules, guard's static (musl) `guardctl` and
-//! `guard-vmcheck`, and `/init`.
+//! `guard-vmcheck`, the debug eBPF object (at [`DEBUG_OBJECT`]), and `/init`.
 
 use std::{
     collections::BTreeSet,
@@ -16,7 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 
-use super::{host, kernel};
+use super::kernel;
+use crate::cmd;
 
 /// A newc archive being built in memory.
 #[derive(Default)]
@@ -129,7 +130,7 @@ done
 ip link set lo up
 arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^vmcheck\.$1=//p"; }
 case "$(arg mode)" in
-  matrix) guard-vmcheck matrix ;;
+  matrix) guard-vmcheck matrix --debug-object /usr/local/share/guard/guard-debug.o ;;
   tap) guard-vmcheck send --iface eth0 --bridge-mac "$(arg bridge)" --peer-mac "$(arg peer)" ;;
   *) echo "VMCHECK-ERROR unknown mode" ;;
 esac
@@ -137,9 +138,19 @@ echo "VMCHECK-DONE $?"
 poweroff -f
 "#;
 
-/// Builds the initramfs for `k` at `dest`. `bins` are the static binaries to put in
-/// `/usr/local/bin`.
-pub fn build(k: &kernel::Prepared, bins: &[PathBuf], dest: &Path) -> Result<()> {
+/// Where the debug eBPF object sits in the guests (`/init` passes it to guard-vmcheck).
+pub const DEBUG_OBJECT: &str = "usr/local/share/guard/guard-debug.o";
+
+/// What guard brings into the initramfs.
+pub struct Files<'a> {
+    /// Static binaries, put in `/usr/local/bin`.
+    pub bins: &'a [PathBuf],
+    /// The debug eBPF object, put at [`DEBUG_OBJECT`].
+    pub debug_object: &'a Path,
+}
+
+/// Builds the initramfs for `k` at `dest`.
+pub fn build(k: &kernel::Prepared, files: &Files<'_>, dest: &Path) -> Result<()> {
     let mut c = Cpio::default();
     for d in [
         "dev", "proc", "sys", "run", "tmp", "bin", "sbin", "usr/bin", "usr/sbin",
@@ -154,7 +165,7 @@ pub fn build(k: &kernel::Prepared, bins: &[PathBuf], dest: &Path) -> Result<()> 
     c.symlink("bin/sh", "busybox");
 
     add_with_libs(&mut c, "ip", "usr/local/bin/ip")?;
-    for b in bins {
+    for b in files.bins {
         let name = b
             .file_name()
             .and_then(|n| n.to_str())
@@ -162,6 +173,13 @@ pub fn build(k: &kernel::Prepared, bins: &[PathBuf], dest: &Path) -> Result<()> 
         let data = fs::read(b).with_context(|| format!("reading {}", b.display()))?;
         c.file(&format!("usr/local/bin/{name}"), 0o755, &data);
     }
+    let object = fs::read(files.debug_object).with_context(|| {
+        format!(
+            "reading the debug eBPF object {} (built by `cargo xtask build`)",
+            files.debug_object.display()
+        )
+    })?;
+    c.file(DEBUG_OBJECT, 0o644, &object);
 
     let mut list = String::new();
     for m in kernel::modules(k)? {
@@ -179,12 +197,12 @@ pub fn build(k: &kernel::Prepared, bins: &[PathBuf], dest: &Path) -> Result<()> 
 
 /// A dynamically linked host program with every library `ldd` names, at their own paths.
 fn add_with_libs(c: &mut Cpio, prog: &str, dest: &str) -> Result<()> {
-    let path = host::run(Command::new("sh").args(["-c", &format!("command -v {prog}")]))
+    let path = cmd::output(Command::new("sh").args(["-c", &format!("command -v {prog}")]))
         .with_context(|| format!("finding {prog} on the host"))?;
     let path = fs::canonicalize(path.trim()).with_context(|| format!("resolving {prog}"))?;
     let data = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     c.file(dest, 0o755, &data);
-    let ldd = host::run(Command::new("ldd").arg(&path))?;
+    let ldd = cmd::output(Command::new("ldd").arg(&path))?;
     for line in ldd.lines() {
         // "libx.so.1 => /lib/.../libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let lib = line
@@ -202,7 +220,12 @@ fn add_with_libs(c: &mut Cpio, prog: &str, dest: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Cpio;
+    use super::{Cpio, DEBUG_OBJECT, INIT};
+
+    #[test]
+    fn init_passes_the_debug_object_where_it_is_put() {
+        assert!(INIT.contains(&format!(" --debug-object /{DEBUG_OBJECT} ")));
+    }
 
     #[test]
     fn newc_entries_are_aligned_and_terminated() {

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
-use super::host;
+use crate::cmd;
 
 /// One pinned kernel.
 pub struct Kernel {
@@ -94,7 +94,7 @@ pub fn prepare(k: &'static Kernel, cache: &Path) -> Result<Prepared> {
     if tree.exists() {
         fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
     }
-    host::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
+    cmd::output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))
         .with_context(|| format!("unpacking {}", deb.display()))?;
     let bzimage = tree.join(format!("boot/vmlinuz-{}", k.release));
     let image = extract_vmlinux(&bzimage)?;
@@ -118,7 +118,7 @@ fn download(k: &Kernel, dir: &Path) -> Result<PathBuf> {
     // apt drops privileges to `_apt` for downloads; the cache directory belongs to root, so
     // it would warn and fall back. Same result either way.
     let get = || {
-        host::run(
+        cmd::output(
             Command::new("apt-get")
                 .args(["download", "-q", &spec])
                 .current_dir(dir),
@@ -126,7 +126,7 @@ fn download(k: &Kernel, dir: &Path) -> Result<PathBuf> {
     };
     if get().is_err() {
         // A fresh machine (or a stale list): refresh once.
-        host::run_shown(Command::new("apt-get").args(["update", "-q"]))?;
+        cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
         get().with_context(|| {
             format!(
                 "downloading {spec} (is the pin in xtask/src/vm/kernel.rs still in the archive?)"

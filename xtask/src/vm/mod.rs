@@ -2,8 +2,9 @@
 //!
 //! 1. Kernel matrix: for each pinned Debian kernel (see [`kernel::KERNELS`]), a TCG guest
 //!    boots a busybox initramfs carrying guard's static binaries and runs
-//!    `guard-vmcheck matrix`: the `BPF_PROG_TEST_RUN` table on the XDP and TC programs, then
-//!    the namespace attack test through guardctl in every hook mode.
+//!    `guard-vmcheck matrix`: the datapath case table (`BPF_PROG_TEST_RUN`) on the XDP and TC
+//!    programs of the release and the debug eBPF object, then the namespace attack test
+//!    through guardctl in every hook mode.
 //! 2. Tap: on this host's kernel, a guest whose virtio-net NIC is a tap on `br-guest` sends
 //!    the attack plan; guard (XDP on the tap) must stop every attack and pass the rest.
 //!
@@ -26,6 +27,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
+
+use crate::cmd;
 
 /// `cargo xtask vmtest` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -106,12 +109,12 @@ fn target_dir(root: &Path) -> PathBuf {
 /// Builds guardctl and guard-vmcheck static (musl): they run in initramfs guests with no C
 /// library, and on this host.
 fn build_static(root: &Path, target: &Path) -> Result<(PathBuf, PathBuf)> {
-    let installed = host::run(Command::new("rustup").args(["target", "list", "--installed"]))
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
         .unwrap_or_default();
     if !installed.lines().any(|l| l.trim() == MUSL) {
-        host::run_shown(Command::new("rustup").args(["target", "add", MUSL]))?;
+        cmd::run(Command::new("rustup").args(["target", "add", MUSL]))?;
     }
-    host::run_shown(
+    cmd::run(
         Command::new("cargo")
             .current_dir(root)
             .args(["build", "--release", "--target", MUSL])
@@ -124,7 +127,7 @@ fn build_static(root: &Path, target: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn check_root() -> Result<()> {
-    let uid = host::run(Command::new("id").arg("-u")).context("running id -u")?;
+    let uid = cmd::output(Command::new("id").arg("-u")).context("running id -u")?;
     if uid.trim() != "0" {
         bail!("cargo xtask vmtest needs root (network namespaces, taps, BPF on the host side)");
     }
@@ -169,7 +172,8 @@ fn expected_mode(hook: &str, release: &str) -> &'static str {
 
 fn testrun_row(kernel: &str, boot: Option<f64>, r: &Value) -> Row {
     let hook = r.get("hook").and_then(Value::as_str).unwrap_or("?");
-    let mut row = Row::new(kernel, format!("test-run {hook}"), boot);
+    let object = r.get("object").and_then(Value::as_str).unwrap_or("?");
+    let mut row = Row::new(kernel, format!("test-run {object} {hook}"), boot);
     let (passed, total) = (num(r, "passed"), num(r, "total"));
     row.cases = format!("{passed}/{total}");
     if let Some(e) = r.get("load_error").and_then(Value::as_str) {
@@ -242,12 +246,12 @@ fn guest_problems(row: &mut Row, g: &qemu::Guest, timeout: Duration) {
 
 fn matrix(
     k: &kernel::Prepared,
-    bins: &[PathBuf],
+    files: &initramfs::Files<'_>,
     work: &Path,
     args: &VmtestArgs,
 ) -> Result<Vec<Row>> {
     let initrd = work.join(format!("initramfs-{}.cpio", k.kernel.short));
-    initramfs::build(k, bins, &initrd)
+    initramfs::build(k, files, &initrd)
         .with_context(|| format!("building the initramfs for {}", k.kernel.package))?;
     let timeout = Duration::from_secs(args.timeout);
     let log = work.join(format!("console-{}.log", k.kernel.short));
@@ -276,7 +280,8 @@ fn matrix(
             _ => {}
         }
     }
-    let expected = 2 + args.hooks.len();
+    // Two objects times two hooks, then the namespace test's hooks.
+    let expected = 4 + args.hooks.len();
     if rows.len() < expected || g.timed_out || !g.done || !g.problems.is_empty() {
         let mut row = Row::new(name, "guest".into(), g.boot_secs);
         row.notes.push(format!(
@@ -377,8 +382,9 @@ fn render(rows: &[Row]) -> String {
     s
 }
 
-/// The entry point: `cargo xtask vmtest`.
-pub fn vmtest(args: &VmtestArgs) -> Result<()> {
+/// The entry point: `cargo xtask vmtest`. `debug_object` is the debug eBPF object
+/// (`cargo xtask build`'s), which the guests run after the embedded release one.
+pub fn vmtest(args: &VmtestArgs, debug_object: &Path) -> Result<()> {
     check_root()?;
     let kernels = kernel::select(&args.kernel)?;
     host::ensure_tools()?;
@@ -387,13 +393,17 @@ pub fn vmtest(args: &VmtestArgs) -> Result<()> {
     let work = target.join("vm");
     let (guardctl, vmcheck) = build_static(&root, &target)?;
     let bins = [guardctl.clone(), vmcheck.clone()];
+    let files = initramfs::Files {
+        bins: &bins,
+        debug_object,
+    };
     let cache = work.join("cache");
     let mut rows = Vec::new();
     let mut prepared = Vec::new();
     for k in kernels {
         let p = kernel::prepare(k, &cache)
             .with_context(|| format!("preparing kernel {} {}", k.package, k.version))?;
-        rows.extend(matrix(&p, &bins, &work, args)?);
+        rows.extend(matrix(&p, &files, &work, args)?);
         prepared.push(p);
     }
     // The tap guest runs the newest selected kernel: it only sends; guard runs on the host.

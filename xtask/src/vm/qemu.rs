@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use serde_json::Value;
 
-use super::host;
+use crate::cmd;
 
 /// How to boot one guest.
 pub struct Boot<'a> {
@@ -90,11 +90,8 @@ pub fn boot(b: &Boot<'_>) -> Result<Guest> {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let line = host::describe(&cmd);
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("could not start `{line}`"))?;
+    let (mut child, line) = cmd::spawn(&mut cmd)?;
     let stdout = child
         .stdout
         .take()

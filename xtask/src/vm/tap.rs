@@ -14,7 +14,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::Value;
 
-use super::{host, qemu};
+use super::qemu;
+use crate::cmd;
 
 const HOST_NS: &str = "vmtest-host";
 const PEER_NS: &str = "vmtest-peer";
@@ -41,11 +42,11 @@ pub struct Outcome {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    host::run(Command::new("ip").args(args)).map(drop)
+    cmd::output(Command::new("ip").args(args)).map(drop)
 }
 
 fn cleanup(bins: &Binaries<'_>) {
-    let _ = host::run(Command::new(bins.guardctl).args(["--netns", HOST_NS, "detach", BRIDGE]));
+    let _ = cmd::output(Command::new(bins.guardctl).args(["--netns", HOST_NS, "detach", BRIDGE]));
     // The veth explicitly: a deleted namespace releases its devices asynchronously, and the
     // next run would find the peer's end still there. The tap and bridge go with the
     // namespace (their names are only used inside it).
@@ -82,8 +83,8 @@ fn setup(bins: &Binaries<'_>, hook: &str) -> Result<String> {
     for p in PROTECT {
         attach.args(["--protect", p]);
     }
-    host::run(&mut attach).context("attaching guard to the tap's bridge")?;
-    let status = host::run(
+    cmd::output(&mut attach).context("attaching guard to the tap's bridge")?;
+    let status = cmd::output(
         Command::new(bins.guardctl).args(["--netns", HOST_NS, "status", BRIDGE, "--json"]),
     )?;
     let v: Value = serde_json::from_str(&status).context("parsing guardctl status --json")?;
@@ -102,7 +103,7 @@ fn setup(bins: &Binaries<'_>, hook: &str) -> Result<String> {
 }
 
 fn mac(netns: &str, iface: &str) -> Result<String> {
-    let out = host::run(Command::new("ip").args(["-n", netns, "-br", "link", "show", iface]))?;
+    let out = cmd::output(Command::new("ip").args(["-n", netns, "-br", "link", "show", iface]))?;
     out.split_whitespace()
         .nth(2)
         .map(str::to_owned)

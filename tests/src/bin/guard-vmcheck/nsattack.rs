@@ -14,12 +14,13 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
+use guard_tests::lab::{frame::Mac, netns::run_cmd};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    frames::{Mac, parse_mac},
+    parse_mac,
     plan::{self, BRIDGE_IP, PROTECT, Verdict, all_frames, judge},
     raw::{Receiver, send},
 };
@@ -33,18 +34,7 @@ const GAP: Duration = Duration::from_millis(2);
 
 /// Runs a command; an error naming it (and carrying its stderr) if it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let line = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start {line}"))?;
-    if !out.status.success() {
-        bail!(
-            "{line} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_cmd(cmd, None)
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -73,6 +63,29 @@ fn mac_of(netns: Option<&str>, iface: &str) -> Result<Mac> {
     parse_mac(mac)
 }
 
+/// The `ports` of the first bridge in `guardctl [--netns NS] VERB BRIDGE --json`, and the
+/// command's whole output for error messages.
+fn guardctl_ports(
+    guardctl: &Path,
+    netns: Option<&str>,
+    verb: &str,
+    bridge: &str,
+) -> Result<(Vec<Value>, String)> {
+    let mut cmd = Command::new(guardctl);
+    if let Some(ns) = netns {
+        cmd.args(["--netns", ns]);
+    }
+    let out = run(cmd.args([verb, bridge, "--json"]))?;
+    let v: Value =
+        serde_json::from_str(&out).with_context(|| format!("parsing `guardctl {verb} --json`"))?;
+    let ports = v
+        .pointer("/0/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| anyhow!("no ports in `guardctl {verb} --json`: {out}"))?;
+    Ok((ports, out))
+}
+
 /// `guardctl [--netns NS] stats BRIDGE --json` for one port: reason name -> packets.
 pub fn port_counters(
     guardctl: &Path,
@@ -80,22 +93,10 @@ pub fn port_counters(
     bridge: &str,
     port: &str,
 ) -> Result<BTreeMap<String, u64>> {
-    let mut cmd = Command::new(guardctl);
-    if let Some(ns) = netns {
-        cmd.args(["--netns", ns]);
-    }
-    let out = run(cmd.args(["stats", bridge, "--json"]))?;
-    let v: Value = serde_json::from_str(&out).context("parsing `guardctl stats --json`")?;
-    let p = v
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(|b| b.get("ports"))
-        .and_then(Value::as_array)
-        .and_then(|ports| {
-            ports
-                .iter()
-                .find(|p| p.get("name").and_then(Value::as_str) == Some(port))
-        })
+    let (ports, out) = guardctl_ports(guardctl, netns, "stats", bridge)?;
+    let p = ports
+        .iter()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(port))
         .ok_or_else(|| anyhow!("port {port} not in `guardctl stats --json`: {out}"))?;
     let reasons = p
         .get("reasons")
@@ -118,18 +119,7 @@ pub fn port_modes(
     netns: Option<&str>,
     bridge: &str,
 ) -> Result<Vec<(String, String, Option<String>)>> {
-    let mut cmd = Command::new(guardctl);
-    if let Some(ns) = netns {
-        cmd.args(["--netns", ns]);
-    }
-    let out = run(cmd.args(["status", bridge, "--json"]))?;
-    let v: Value = serde_json::from_str(&out).context("parsing `guardctl status --json`")?;
-    let ports = v
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(|b| b.get("ports"))
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("no ports in `guardctl status --json`: {out}"))?;
+    let (ports, _) = guardctl_ports(guardctl, netns, "status", bridge)?;
     Ok(ports
         .iter()
         .map(|p| {

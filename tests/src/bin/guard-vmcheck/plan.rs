@@ -4,12 +4,12 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use serde::{Deserialize, Serialize};
-
-use crate::frames::{
-    BROADCAST, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, Mac, arp_request, cat, eth, ipv4,
-    ipv6, ipv6_plain, marker, ndp_ns, solicited_node,
+use guard_tests::lab::frame::Mac;
+use guard_tests::packet::{
+    Arp, BROADCAST, ETH_P_ARP, Eth, ICMPV6_NEIGHBOUR_SOLICITATION, Ipv4, Ipv6, ipv6_multicast_mac,
+    solicited_node,
 };
+use serde::{Deserialize, Serialize};
 
 /// The host's address on the guest bridge: not protected (guests may use it).
 pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -24,6 +24,34 @@ const GUEST6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
 /// Copies of each case: enough to tell "all" from "some" on the counters, few enough for
 /// a TCG guest.
 pub const COPIES: u16 = 4;
+
+/// IP protocol 253 is reserved for experiments (RFC 3692): nothing on the path acts on it.
+const IPPROTO_EXPERIMENT: u8 = 253;
+
+/// Marker magic; the frame's case id and sequence number follow it. Every frame of the plan
+/// carries one, so a receiver can tell them from the kernel's own traffic (IPv6 DAD, MLD) on
+/// the same link.
+pub const MARKER: &[u8; 4] = b"GVMK";
+
+/// `MARKER`, case id, sequence number: 8 bytes.
+#[must_use]
+pub fn marker(case: u16, seq: u16) -> Vec<u8> {
+    let mut m = MARKER.to_vec();
+    m.extend_from_slice(&case.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m
+}
+
+/// The (case id, sequence) of the first marker in `frame`, if any.
+#[must_use]
+pub fn find_marker(frame: &[u8]) -> Option<(u16, u16)> {
+    let at = frame.windows(MARKER.len()).position(|w| w == MARKER)?;
+    let rest = frame.get(at + 4..at + 8)?;
+    Some((
+        u16::from_be_bytes([rest[0], rest[1]]),
+        u16::from_be_bytes([rest[2], rest[3]]),
+    ))
+}
 
 /// Builds one copy of a case's frame around its marker.
 type Build = Box<dyn Fn(&[u8]) -> Vec<u8>>;
@@ -52,118 +80,55 @@ pub struct Case {
 }
 
 /// The plan for a guest with MAC `guest` on a bridge with MAC `bridge`, next to a guest
-/// with MAC `peer`.
+/// with MAC `peer`. Marked frames carry the marker as their IP payload (protocol 253), after
+/// the ARP body, or after the solicitation's target address.
 #[must_use]
-#[expect(
-    clippy::too_many_lines,
-    reason = "a table of cases, one entry each, read top to bottom"
-)]
 pub fn plan(bridge: Mac, guest: Mac, peer: Mac) -> Vec<Case> {
-    let (sn_ip, sn_mac) = solicited_node(MGMT6);
+    let ipv4_to = move |dst: Mac, vlan: Option<u16>, ip: Ipv4Addr| -> Build {
+        Box::new(move |m| {
+            let eth = Eth::new(dst, guest);
+            let eth = vlan.map_or(eth.clone(), |vid| eth.vlan(vid));
+            eth.ipv4(Ipv4::new(GUEST_IP, ip).payload(IPPROTO_EXPERIMENT, m))
+                .build()
+        })
+    };
+    let arp_for = move |tpa: Ipv4Addr| -> Build {
+        Box::new(move |m| {
+            let arp = Arp::request(guest, GUEST_IP, tpa).build();
+            Eth::new(BROADCAST, guest)
+                .raw(ETH_P_ARP, &[arp.as_slice(), m].concat())
+                .build()
+        })
+    };
+    let ipv6_to_mgmt: Build = Box::new(move |m| {
+        Eth::new(bridge, guest)
+            .ipv6(Ipv6::new(GUEST6, MGMT6).payload(IPPROTO_EXPERIMENT, m))
+            .build()
+    });
+    let ns_for_mgmt: Build = Box::new(move |m| {
+        // Reserved word, target, then the marker where options would be.
+        let body = [&[0; 4][..], &MGMT6.octets(), m].concat();
+        let mut p = Ipv6::new(GUEST6, solicited_node(MGMT6)).icmpv6(
+            ICMPV6_NEIGHBOUR_SOLICITATION,
+            0,
+            &body,
+        );
+        p.hop_limit = 255;
+        Eth::new(ipv6_multicast_mac(p.dst), guest).ipv6(p).build()
+    });
+    let deny = Expect::Drop;
+    // One case per line reads as a table.
+    #[rustfmt::skip]
     let specs: Vec<(u16, &'static str, Expect, Build)> = vec![
-        (
-            1,
-            "ipv4 to bridge MAC, storage address",
-            Expect::Drop("deny_ipv4"),
-            Box::new(move |m| {
-                cat(
-                    eth(bridge, guest, &[], ETH_P_IPV4),
-                    &ipv4(GUEST_IP, STORAGE, m),
-                )
-            }),
-        ),
-        (
-            2,
-            "ipv4 in L2 broadcast, storage address",
-            Expect::Drop("deny_ipv4"),
-            Box::new(move |m| {
-                cat(
-                    eth(BROADCAST, guest, &[], ETH_P_IPV4),
-                    &ipv4(GUEST_IP, STORAGE, m),
-                )
-            }),
-        ),
-        (
-            3,
-            "ipv4 in 802.1Q tag, storage address",
-            Expect::Drop("deny_ipv4"),
-            Box::new(move |m| {
-                cat(
-                    eth(bridge, guest, &[(ETH_P_8021Q, 10)], ETH_P_IPV4),
-                    &ipv4(GUEST_IP, STORAGE, m),
-                )
-            }),
-        ),
-        (
-            4,
-            "arp who-has storage address",
-            Expect::Drop("deny_arp"),
-            Box::new(move |m| {
-                let mut f = cat(
-                    eth(BROADCAST, guest, &[], ETH_P_ARP),
-                    &arp_request(guest, GUEST_IP, STORAGE),
-                );
-                f.extend_from_slice(m);
-                f
-            }),
-        ),
-        (
-            5,
-            "ipv6 to bridge MAC, management address",
-            Expect::Drop("deny_ipv6"),
-            Box::new(move |m| {
-                cat(
-                    eth(bridge, guest, &[], ETH_P_IPV6),
-                    &ipv6_plain(GUEST6, MGMT6, m),
-                )
-            }),
-        ),
-        (
-            6,
-            "ndp solicitation for management address",
-            Expect::Drop("deny_ndp"),
-            Box::new(move |m| {
-                cat(
-                    eth(sn_mac, guest, &[], ETH_P_IPV6),
-                    &ipv6(GUEST6, sn_ip, 58, &ndp_ns(MGMT6, m)),
-                )
-            }),
-        ),
-        (
-            101,
-            "ipv4 to bridge MAC, bridge's own unprotected address",
-            Expect::Host,
-            Box::new(move |m| {
-                cat(
-                    eth(bridge, guest, &[], ETH_P_IPV4),
-                    &ipv4(GUEST_IP, BRIDGE_IP, m),
-                )
-            }),
-        ),
-        (
-            102,
-            "ipv4 to the peer guest",
-            Expect::Peer,
-            Box::new(move |m| {
-                cat(
-                    eth(peer, guest, &[], ETH_P_IPV4),
-                    &ipv4(GUEST_IP, PEER_IP, m),
-                )
-            }),
-        ),
-        (
-            103,
-            "arp who-has bridge address",
-            Expect::HostAndPeer,
-            Box::new(move |m| {
-                let mut f = cat(
-                    eth(BROADCAST, guest, &[], ETH_P_ARP),
-                    &arp_request(guest, GUEST_IP, BRIDGE_IP),
-                );
-                f.extend_from_slice(m);
-                f
-            }),
-        ),
+        (1, "ipv4 to bridge MAC, storage address", deny("deny_ipv4"), ipv4_to(bridge, None, STORAGE)),
+        (2, "ipv4 in L2 broadcast, storage address", deny("deny_ipv4"), ipv4_to(BROADCAST, None, STORAGE)),
+        (3, "ipv4 in 802.1Q tag, storage address", deny("deny_ipv4"), ipv4_to(bridge, Some(10), STORAGE)),
+        (4, "arp who-has storage address", deny("deny_arp"), arp_for(STORAGE)),
+        (5, "ipv6 to bridge MAC, management address", deny("deny_ipv6"), ipv6_to_mgmt),
+        (6, "ndp solicitation for management address", deny("deny_ndp"), ns_for_mgmt),
+        (101, "ipv4 to bridge MAC, bridge's own unprotected address", Expect::Host, ipv4_to(bridge, None, BRIDGE_IP)),
+        (102, "ipv4 to the peer guest", Expect::Peer, ipv4_to(peer, None, PEER_IP)),
+        (103, "arp who-has bridge address", Expect::HostAndPeer, arp_for(BRIDGE_IP)),
     ];
     specs
         .into_iter()
@@ -272,8 +237,7 @@ pub fn judge(
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::{COPIES, Expect, judge, plan};
-    use crate::frames::find_marker;
+    use super::{COPIES, Expect, find_marker, judge, plan};
 
     const B: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const G: [u8; 6] = [2, 0, 0, 0, 0, 2];

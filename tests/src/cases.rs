@@ -1,0 +1,426 @@
+//! The datapath case table: named frames, each with the verdict, reason and rule id the
+//! contract (docs/datapath.md) requires under one of four policies, and the runner that checks
+//! them against the reference model and guard's programs (`BPF_PROG_TEST_RUN`) with exact
+//! counter deltas.
+//!
+//! Shared by tests/tests/datapath.rs (on the build host, release and debug objects) and
+//! `guard-vmcheck matrix` (inside the test VMs, on other kernels).
+
+use std::net::Ipv6Addr;
+
+use anyhow::{Context as _, Result};
+use guard_common::model::{Decision, Policy, Rule, classify};
+use guard_common::{
+    ACTION_ALLOW, ACTION_DENY, CLASS_HOST, CLASS_MANAGEMENT, CLASS_STORAGE, reason,
+};
+
+use crate::datapath::{Datapath, Hook, MIN_FRAME, expected_run, hex, skb_test_run_refuses};
+use crate::packet::{
+    Arp, BROADCAST, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ETH_P_LLDP, Eth, Ext,
+    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_TCP, IPPROTO_UDP,
+    Ipv4, Ipv6, ipv6_multicast_mac, solicited_node,
+};
+
+// ---------------------------------------------------------------------------------------------
+// The policy every case starts from.
+
+pub const BRIDGE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xbb, 0x00, 0x01];
+/// A bridge port's own MAC (a permanent local FDB entry).
+pub const PORT_MAC: [u8; 6] = [0xfe, 0x54, 0x00, 0x00, 0x00, 0x07];
+/// Another local interface the bridge may deliver to.
+pub const OTHER_IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xcc, 0x00, 0x02];
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+pub const PEER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x65, 0x43, 0x21];
+pub const IPV4_MCAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0xfb];
+pub const LLDP_MAC: [u8; 6] = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x0e];
+
+pub const GUEST_V4: [u8; 4] = [172, 16, 0, 10];
+pub const STORAGE: [u8; 4] = [10, 0, 0, 1];
+pub const HOLE: [u8; 4] = [10, 1, 2, 3];
+pub const DENY_IN_HOLE: [u8; 4] = [10, 1, 2, 200];
+pub const NEAR_HOLE: [u8; 4] = [10, 1, 3, 1];
+pub const MGMT_NET: [u8; 4] = [192, 168, 100, 7];
+pub const MGMT_HOST: [u8; 4] = [192, 168, 100, 1];
+pub const UNPROTECTED: [u8; 4] = [8, 8, 8, 8];
+
+#[must_use]
+pub fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("test address")
+}
+
+#[must_use]
+pub fn guest_v6() -> Ipv6Addr {
+    v6("fe80::5054:ff:fe12:3456")
+}
+
+#[must_use]
+pub fn rule(addr: &str, prefix_len: u8, action: u16, rule_id: u32, class: u16) -> Rule {
+    Rule {
+        addr: addr.parse().expect("test address"),
+        prefix_len,
+        action,
+        rule_id,
+        class,
+    }
+}
+
+#[must_use]
+pub fn base_policy() -> Policy {
+    Policy {
+        host_macs: vec![BRIDGE_MAC, PORT_MAC, OTHER_IF_MAC],
+        rules: vec![
+            rule("10.0.0.0", 8, ACTION_DENY, 1, CLASS_STORAGE),
+            rule("10.1.2.0", 24, ACTION_ALLOW, 2, CLASS_STORAGE),
+            rule("10.1.2.128", 25, ACTION_DENY, 3, CLASS_STORAGE),
+            rule("192.168.100.0", 24, ACTION_DENY, 4, CLASS_MANAGEMENT),
+            rule("192.168.100.1", 32, ACTION_DENY, 5, CLASS_HOST),
+            rule("fd00::", 16, ACTION_DENY, 6, CLASS_STORAGE),
+            rule("fd00:1::", 32, ACTION_ALLOW, 7, CLASS_STORAGE),
+            rule("fd00:1:0:1::", 64, ACTION_DENY, 8, CLASS_STORAGE),
+            rule("2001:db8:100::1", 128, ACTION_DENY, 9, CLASS_HOST),
+        ],
+        ..Policy::default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    Base,
+    Strict,
+    Monitor,
+    PortMonitor,
+}
+
+impl Setup {
+    pub const ALL: [Setup; 4] = [
+        Setup::Base,
+        Setup::Strict,
+        Setup::Monitor,
+        Setup::PortMonitor,
+    ];
+
+    #[must_use]
+    pub fn policy(self) -> Policy {
+        let mut p = base_policy();
+        match self {
+            Setup::Base => {}
+            Setup::Strict => p.strict_mac = true,
+            Setup::Monitor => p.monitor = true,
+            Setup::PortMonitor => p.port_monitor = true,
+        }
+        p
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table.
+
+pub struct Case {
+    pub name: &'static str,
+    pub frame: Vec<u8>,
+    pub setup: Setup,
+    pub drop: bool,
+    pub reason: u32,
+    pub rule_id: u32,
+}
+
+/// Frame builders for the common shapes.
+#[must_use]
+pub fn to(dst: [u8; 6]) -> Eth {
+    Eth::new(dst, GUEST_MAC)
+}
+
+#[must_use]
+pub fn udp4(dst: [u8; 4]) -> Ipv4 {
+    Ipv4::new(GUEST_V4, dst).udp(40000, 3260, b"iscsi?")
+}
+
+#[must_use]
+pub fn udp6(dst: &str) -> Ipv6 {
+    Ipv6::new(guest_v6(), v6(dst)).udp(40000, 2049, b"nfs?")
+}
+
+#[must_use]
+pub fn ns(target: &str) -> Ipv6 {
+    Ipv6::new(guest_v6(), Ipv6Addr::UNSPECIFIED).neighbour_solicitation(v6(target), Some(GUEST_MAC))
+}
+
+/// An NS frame to the target's solicited-node multicast MAC, with extension headers `exts`.
+#[must_use]
+pub fn ns_frame(target: &str, exts: &[Ext]) -> Eth {
+    let mut p = ns(target);
+    for e in exts {
+        p = p.ext(e.clone());
+    }
+    to(ipv6_multicast_mac(solicited_node(v6(target)))).ipv6(p)
+}
+
+#[must_use]
+pub fn hbh() -> Ext {
+    Ext::HopByHop { len_units: 0 }
+}
+
+// One case per line reads as a table; rustfmt would spread each over eight lines.
+#[rustfmt::skip]
+#[expect(clippy::too_many_lines, reason = "one line per case reads best as one list")]
+#[must_use]
+pub fn cases() -> Vec<Case> {
+    use Setup::{Base, Monitor, PortMonitor, Strict};
+    use reason::{
+        ALLOW, DENY_ARP, DENY_IPV4, DENY_IPV6, DENY_NDP, HOST_PASS, MALFORMED, MONITOR_ARP,
+        MONITOR_IPV4, MONITOR_IPV6, MONITOR_MALFORMED, MONITOR_NDP, NOT_HOST,
+    };
+    let c = |name, frame: Eth, setup, drop, reason, rule_id| Case {
+        name,
+        frame: frame.build(),
+        setup,
+        drop,
+        reason,
+        rule_id,
+    };
+    let arp_req = |spa: [u8; 4], tpa: [u8; 4]| to(BROADCAST).arp(Arp::request(GUEST_MAC, spa, tpa));
+    let seven: Vec<Ext> = (0..7).map(|_| hbh()).collect();
+    let six: Vec<Ext> = (0..6).map(|_| hbh()).collect();
+    vec![
+        // Rule 1: not addressed to the host, never looked at further.
+        c("not_host_to_peer_guest", to(PEER_MAC).ipv4(udp4(STORAGE)), Base, false, NOT_HOST, 0),
+        c("not_host_ignores_bad_ihl", to(PEER_MAC).ipv4(udp4(STORAGE).ihl(3)), Base, false, NOT_HOST, 0),
+        c("not_host_tagged", to(PEER_MAC).vlan(100).ipv4(udp4(STORAGE)), Base, false, NOT_HOST, 0),
+        c("not_host_three_tags", to(PEER_MAC).vlan(1).vlan(2).vlan(3).ipv4(udp4(STORAGE)), Base, false, NOT_HOST, 0),
+        c("not_host_truncated", to(PEER_MAC).ipv4(udp4(STORAGE)).truncate(20), Base, false, NOT_HOST, 0),
+        // Host-bound kinds, rule 2.
+        c("bridge_mac_deny_ipv4", to(BRIDGE_MAC).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("port_mac_deny_ipv4", to(PORT_MAC).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("other_host_mac_deny_ipv4", to(OTHER_IF_MAC).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("broadcast_deny_ipv4", to(BROADCAST).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("ipv4_multicast_mac_deny_ipv4", to(IPV4_MCAST_MAC).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("ipv6_multicast_mac_deny_ipv6", to([0x33, 0x33, 0, 0, 0, 1]).ipv6(udp6("fd00::1")), Base, true, DENY_IPV6, 6),
+        c("strict_broadcast_not_host", to(BROADCAST).ipv4(udp4(STORAGE)), Strict, false, NOT_HOST, 0),
+        c("strict_multicast_not_host", to(IPV4_MCAST_MAC).ipv4(udp4(STORAGE)), Strict, false, NOT_HOST, 0),
+        c("strict_bridge_mac_deny_ipv4", to(BRIDGE_MAC).ipv4(udp4(STORAGE)), Strict, true, DENY_IPV4, 1),
+        c("strict_port_mac_deny_ipv4", to(PORT_MAC).ipv4(udp4(STORAGE)), Strict, true, DENY_IPV4, 1),
+        c("strict_broadcast_arp_not_host", to(BROADCAST).arp(Arp::request(GUEST_MAC, GUEST_V4, STORAGE)), Strict, false, NOT_HOST, 0),
+        // Prefixes: longest wins, holes both ways.
+        c("ipv4_unprotected_host_pass", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED)), Base, false, HOST_PASS, 0),
+        c("ipv4_mgmt_net_deny", to(BRIDGE_MAC).ipv4(udp4(MGMT_NET)), Base, true, DENY_IPV4, 4),
+        c("ipv4_host_route_beats_net", to(BRIDGE_MAC).ipv4(udp4(MGMT_HOST)), Base, true, DENY_IPV4, 5),
+        c("ipv4_allow_hole_inside_deny", to(BRIDGE_MAC).ipv4(udp4(HOLE)), Base, false, ALLOW, 0),
+        c("ipv4_deny_inside_allow_hole", to(BRIDGE_MAC).ipv4(udp4(DENY_IN_HOLE)), Base, true, DENY_IPV4, 3),
+        c("ipv4_deny_next_to_hole", to(BRIDGE_MAC).ipv4(udp4(NEAR_HOLE)), Base, true, DENY_IPV4, 1),
+        c("ipv4_tcp_syn_deny", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, MGMT_HOST).tcp(40000, 22, 0x02)), Base, true, DENY_IPV4, 5),
+        c("ipv4_icmp_echo_deny", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, STORAGE).icmp_echo(1, 1)), Base, true, DENY_IPV4, 1),
+        c("ipv6_deny", to(BRIDGE_MAC).ipv6(udp6("fd00::1")), Base, true, DENY_IPV6, 6),
+        c("ipv6_allow_hole_inside_deny", to(BRIDGE_MAC).ipv6(udp6("fd00:1::5")), Base, false, ALLOW, 0),
+        c("ipv6_deny_inside_allow_hole", to(BRIDGE_MAC).ipv6(udp6("fd00:1:0:1::9")), Base, true, DENY_IPV6, 8),
+        c("ipv6_host_route_deny", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::1")), Base, true, DENY_IPV6, 9),
+        c("ipv6_next_to_host_route_pass", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::2")), Base, false, HOST_PASS, 0),
+        c("ipv6_tcp_deny", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("fd00::22")).tcp(1, 22, 0x02)), Base, true, DENY_IPV6, 6),
+        // IPv4 header handling.
+        c("ipv4_options_deny", to(BRIDGE_MAC).ipv4(udp4(STORAGE).options(&[0x94, 4, 0, 0, 1, 1, 1, 0])), Base, true, DENY_IPV4, 1),
+        c("ipv4_options_host_pass", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).options(&[0x07, 7, 4, 0, 0, 0, 0])), Base, false, HOST_PASS, 0),
+        c("ipv4_first_fragment_deny", to(BRIDGE_MAC).ipv4(udp4(STORAGE).fragment(0, true)), Base, true, DENY_IPV4, 1),
+        c("ipv4_later_fragment_deny", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, STORAGE).payload(IPPROTO_UDP, &[7; 16]).fragment(185, false)), Base, true, DENY_IPV4, 1),
+        c("ipv4_ihl_4_malformed", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).ihl(4)), Base, true, MALFORMED, 0),
+        c("ipv4_ihl_0_malformed", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).ihl(0)), Base, true, MALFORMED, 0),
+        c("ipv4_ihl_past_frame_malformed", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).ihl(15)), Base, true, MALFORMED, 0),
+        c("ipv4_version_6_malformed", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).version(6)), Base, true, MALFORMED, 0),
+        c("ipv4_tot_len_too_big_malformed", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).tot_len(1000)), Base, true, MALFORMED, 0),
+        c("ipv4_tot_len_below_header_malformed", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).tot_len(19)), Base, true, MALFORMED, 0),
+        c("ipv4_ethernet_padding_ok", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, STORAGE).payload(IPPROTO_TCP, &[])).pad_to(60), Base, true, DENY_IPV4, 1),
+        // Truncation at every header boundary (a frame below 14 bytes cannot be test-run: the
+        // model's unit tests cover it).
+        c("trunc_after_ethernet", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED)).truncate(14), Base, true, MALFORMED, 0),
+        c("trunc_inside_vlan_tag", to(BRIDGE_MAC).vlan(5).ipv4(udp4(UNPROTECTED)).truncate(16), Base, true, MALFORMED, 0),
+        c("trunc_after_vlan_tag", to(BRIDGE_MAC).vlan(5).ipv4(udp4(UNPROTECTED)).truncate(18), Base, true, MALFORMED, 0),
+        c("trunc_inside_ipv4_header", to(BRIDGE_MAC).ipv4(udp4(STORAGE)).truncate(14 + 19), Base, true, MALFORMED, 0),
+        c("trunc_ipv4_options", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).options(&[1; 8])).truncate(14 + 24), Base, true, MALFORMED, 0),
+        c("trunc_ipv4_payload", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED)).truncate(14 + 20 + 4), Base, true, MALFORMED, 0),
+        c("trunc_inside_ipv6_header", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1")).truncate(14 + 39), Base, true, MALFORMED, 0),
+        c("trunc_ipv6_payload", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1")).truncate(14 + 40 + 4), Base, true, MALFORMED, 0),
+        c("trunc_ipv6_ext_header", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").next_header(IPPROTO_HOPOPTS).payload_len(0)).truncate(14 + 41), Base, true, MALFORMED, 0),
+        c("trunc_ipv6_fragment_header", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).next_header(IPPROTO_FRAGMENT).payload(IPPROTO_FRAGMENT, &[17, 0, 0, 0, 0, 0, 0])), Base, true, MALFORMED, 0),
+        c("trunc_icmpv6_header", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).payload(IPPROTO_ICMPV6, &[135, 0, 0])), Base, true, MALFORMED, 0),
+        c("trunc_ns_target", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).payload(IPPROTO_ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0, 0xfd, 0, 0, 0])), Base, true, MALFORMED, 0),
+        c("trunc_arp", arp_req(GUEST_V4, UNPROTECTED).truncate(14 + 27), Base, true, MALFORMED, 0),
+        // VLAN shapes.
+        c("vlan_8021q_deny", to(BRIDGE_MAC).vlan(100).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("vlan_8021ad_deny", to(BRIDGE_MAC).svlan(100).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("vlan_qinq_deny", to(BRIDGE_MAC).svlan(100).vlan(200).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("vlan_double_8021q_deny", to(BRIDGE_MAC).vlan(100).vlan(200).ipv6(udp6("fd00::1")), Base, true, DENY_IPV6, 6),
+        c("vlan_id0_priority_tag_deny", to(BRIDGE_MAC).tag(ETH_P_8021Q, 0xa000).ipv4(udp4(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("vlan_id0_twice_deny", to(BRIDGE_MAC).vlan(0).vlan(0).ipv4(udp4(MGMT_HOST)), Base, true, DENY_IPV4, 5),
+        c("vlan_three_tags_malformed", to(BRIDGE_MAC).svlan(1).vlan(2).vlan(3).ipv4(udp4(UNPROTECTED)), Base, true, MALFORMED, 0),
+        c("vlan_three_tags_vid0_malformed", to(BRIDGE_MAC).vlan(0).vlan(0).vlan(0).ipv4(udp4(HOLE)), Base, true, MALFORMED, 0),
+        c("vlan_tagged_host_pass", to(BRIDGE_MAC).vlan(7).ipv4(udp4(UNPROTECTED)), Base, false, HOST_PASS, 0),
+        c("vlan_tagged_arp_deny", to(BROADCAST).vlan(7).arp(Arp::request(GUEST_MAC, GUEST_V4, STORAGE)), Base, true, DENY_ARP, 1),
+        c("vlan_qinq_ns_deny", ns_frame("fd00::1", &[]).svlan(1).vlan(2), Base, true, DENY_NDP, 6),
+        c("vlan_inner_lldp_host_pass", to(BRIDGE_MAC).tag(ETH_P_8021AD, 9).raw(ETH_P_LLDP, &[0; 32]), Base, false, HOST_PASS, 0),
+        // ARP.
+        c("arp_request_target_protected", arp_req(GUEST_V4, STORAGE), Base, true, DENY_ARP, 1),
+        c("arp_request_target_host_route", arp_req(GUEST_V4, MGMT_HOST), Base, true, DENY_ARP, 5),
+        c("arp_request_unprotected", arp_req(GUEST_V4, [172, 16, 0, 1]), Base, false, HOST_PASS, 0),
+        c("arp_request_target_in_hole", arp_req(GUEST_V4, HOLE), Base, false, ALLOW, 0),
+        c("arp_sender_protected", arp_req(STORAGE, [172, 16, 0, 1]), Base, true, DENY_ARP, 1),
+        c("arp_target_hole_sender_protected", arp_req(DENY_IN_HOLE, HOLE), Base, true, DENY_ARP, 3),
+        c("arp_gratuitous_protected", arp_req(MGMT_HOST, MGMT_HOST), Base, true, DENY_ARP, 5),
+        c("arp_reply_target_protected", to(BRIDGE_MAC).arp(Arp::reply(GUEST_MAC, GUEST_V4, BRIDGE_MAC, MGMT_NET)), Base, true, DENY_ARP, 4),
+        c("arp_reply_sender_protected", to(BRIDGE_MAC).arp(Arp::reply(GUEST_MAC, MGMT_HOST, BRIDGE_MAC, GUEST_V4)), Base, true, DENY_ARP, 5),
+        c("arp_bad_hlen_malformed", to(BROADCAST).arp(Arp::request(GUEST_MAC, GUEST_V4, UNPROTECTED).hlen(8)), Base, true, MALFORMED, 0),
+        c("arp_bad_plen_malformed", to(BROADCAST).arp(Arp::request(GUEST_MAC, GUEST_V4, UNPROTECTED).plen(16)), Base, true, MALFORMED, 0),
+        c("arp_bad_htype_malformed", to(BROADCAST).arp(Arp::request(GUEST_MAC, GUEST_V4, UNPROTECTED).htype(6)), Base, true, MALFORMED, 0),
+        c("arp_bad_ptype_malformed", to(BROADCAST).arp(Arp::request(GUEST_MAC, GUEST_V4, UNPROTECTED).ptype(ETH_P_IPV6)), Base, true, MALFORMED, 0),
+        // NDP.
+        c("ns_protected_target", ns_frame("fd00::1", &[]), Base, true, DENY_NDP, 6),
+        c("ns_host_route_target", ns_frame("2001:db8:100::1", &[]), Base, true, DENY_NDP, 9),
+        c("ns_unprotected_target", ns_frame("2001:db8:200::1", &[]), Base, false, HOST_PASS, 0),
+        c("ns_target_in_allow_hole", ns_frame("fd00:1::1", &[]), Base, false, HOST_PASS, 0),
+        c("ns_unicast_to_bridge_mac", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("fe80::1")).neighbour_solicitation(v6("fd00::1"), None)), Base, true, DENY_NDP, 6),
+        c("ns_behind_hop_by_hop", ns_frame("fd00::1", &[hbh()]), Base, true, DENY_NDP, 6),
+        c("ns_behind_hbh_routing_dstopts", ns_frame("fd00::1", &[hbh(), Ext::Routing { len_units: 2 }, Ext::DestOpts { len_units: 1 }]), Base, true, DENY_NDP, 6),
+        c("ns_behind_first_fragment", ns_frame("fd00::1", &[Ext::Fragment { offset_units: 0, more: true, id: 1 }]), Base, true, DENY_NDP, 6),
+        c("ns_behind_ah", ns_frame("fd00::1", &[Ext::Ah { len: 4 }]), Base, true, DENY_NDP, 6),
+        c("ns_behind_six_headers", ns_frame("fd00::1", &six), Base, true, DENY_NDP, 6),
+        c("ns_behind_seven_headers_malformed", ns_frame("2001:db8:200::1", &seven), Base, true, MALFORMED, 0),
+        c("ns_in_later_fragment_not_seen", ns_frame("fd00::1", &[Ext::Fragment { offset_units: 1, more: false, id: 1 }]), Base, false, HOST_PASS, 0),
+        c("na_protected_target_host_pass", to([0x33, 0x33, 0, 0, 0, 1]).ipv6(Ipv6::new(guest_v6(), v6("ff02::1")).neighbour_advertisement(v6("fd00::1"), GUEST_MAC)), Base, false, HOST_PASS, 0),
+        // IPv6 extension-header chains.
+        c("ipv6_six_ext_headers_udp", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").hop_by_hop().dest_opts().routing().fragment(0, false).ah().dest_opts()), Base, false, HOST_PASS, 0),
+        c("ipv6_seven_ext_headers_malformed", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").hop_by_hop().dest_opts().routing().fragment(0, false).ah().dest_opts().dest_opts()), Base, true, MALFORMED, 0),
+        c("ipv6_seven_ext_headers_protected_dst", to(BRIDGE_MAC).ipv6(udp6("fd00::1").hop_by_hop().dest_opts().routing().fragment(0, false).ah().dest_opts().dest_opts()), Base, true, DENY_IPV6, 6),
+        c("ipv6_later_fragment_host_pass", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").fragment(3, false)), Base, false, HOST_PASS, 0),
+        c("ipv6_later_fragment_in_hole", to(BRIDGE_MAC).ipv6(udp6("fd00:1::1").hop_by_hop().fragment(3, true)), Base, false, ALLOW, 0),
+        c("ipv6_no_next_header", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).payload(IPPROTO_NONE, &[])), Base, false, HOST_PASS, 0),
+        c("ipv6_unknown_ext_is_upper_layer", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).payload(135, &[0; 8])), Base, false, HOST_PASS, 0),
+        c("ipv6_version_4_malformed", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").version(4)), Base, true, MALFORMED, 0),
+        c("ipv6_payload_len_too_big_malformed", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").payload_len(500)), Base, true, MALFORMED, 0),
+        c("ipv6_ext_then_icmpv6_echo", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).hop_by_hop().icmpv6(128, 0, &[0; 4])), Base, false, HOST_PASS, 0),
+        // Non-IP and odd EtherTypes.
+        c("lldp_multicast_host_pass", to(LLDP_MAC).raw(ETH_P_LLDP, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1]), Base, false, HOST_PASS, 0),
+        c("lldp_strict_not_host", to(LLDP_MAC).raw(ETH_P_LLDP, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1]), Strict, false, NOT_HOST, 0),
+        c("unknown_ethertype_host_pass", to(BRIDGE_MAC).raw(0x9000, &[0; 46]), Base, false, HOST_PASS, 0),
+        c("ipv4_ethertype_ipv6_body_malformed", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1")).ethertype(ETH_P_IPV4), Base, true, MALFORMED, 0),
+        c("ipv6_ethertype_ipv4_body_malformed", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED).options(&[0; 20])).ethertype(ETH_P_IPV6), Base, true, MALFORMED, 0),
+        // Monitor mode, global and per port.
+        c("monitor_ipv4", to(BRIDGE_MAC).ipv4(udp4(STORAGE)), Monitor, false, MONITOR_IPV4, 1),
+        c("monitor_ipv6", to(BRIDGE_MAC).ipv6(udp6("fd00:1:0:1::1")), Monitor, false, MONITOR_IPV6, 8),
+        c("monitor_arp", arp_req(GUEST_V4, MGMT_HOST), Monitor, false, MONITOR_ARP, 5),
+        c("monitor_ndp", ns_frame("fd00::1", &[]), Monitor, false, MONITOR_NDP, 6),
+        c("monitor_malformed", to(BRIDGE_MAC).ipv4(udp4(STORAGE).ihl(4)), Monitor, false, MONITOR_MALFORMED, 0),
+        c("monitor_allow_unchanged", to(BRIDGE_MAC).ipv4(udp4(HOLE)), Monitor, false, ALLOW, 0),
+        c("monitor_not_host_unchanged", to(PEER_MAC).ipv4(udp4(STORAGE)), Monitor, false, NOT_HOST, 0),
+        c("port_monitor_ipv4", to(PORT_MAC).ipv4(udp4(MGMT_NET)), PortMonitor, false, MONITOR_IPV4, 4),
+        c("port_monitor_ipv6", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::1")), PortMonitor, false, MONITOR_IPV6, 9),
+        c("port_monitor_arp", arp_req(DENY_IN_HOLE, GUEST_V4), PortMonitor, false, MONITOR_ARP, 3),
+        c("port_monitor_ndp", ns_frame("fd00::7", &[hbh()]), PortMonitor, false, MONITOR_NDP, 6),
+        c("port_monitor_malformed", to(BRIDGE_MAC).svlan(1).vlan(2).vlan(3).ipv4(udp4(STORAGE)), PortMonitor, false, MONITOR_MALFORMED, 0),
+        c("port_monitor_host_pass_unchanged", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED)), PortMonitor, false, HOST_PASS, 0),
+    ]
+}
+
+impl Case {
+    /// What the table says guard must decide.
+    #[must_use]
+    pub const fn decision(&self) -> Decision {
+        Decision {
+            drop: self.drop,
+            reason: self.reason,
+            rule_id: self.rule_id,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runner.
+
+/// What checking the table on one object found.
+#[derive(Clone, Debug, Default)]
+pub struct TableReport {
+    /// Cases in the table.
+    pub cases: usize,
+    /// Cases that passed every check: the model and every hook run.
+    pub passed: usize,
+    /// Kernel runs compared with the table (verdict and exact counter deltas).
+    pub checked: usize,
+    /// TC runs that `bpf_prog_test_run_skb` refused as [`skb_test_run_refuses`] predicts
+    /// (the refusal itself is checked; the case is covered by its XDP run).
+    pub refused: usize,
+    /// One line per failed check, with the frame in hex where a kernel run disagreed.
+    pub failures: Vec<String>,
+}
+
+/// Checks every case against the model, then against the programs of `object` for `hooks`
+/// (only those programs are loaded, so a verifier rejection of one does not hide the other's
+/// results). `label` names the object in failure lines. An error is a load failure (for a
+/// rejected program it carries the verifier log); anything the table finds is in the report.
+pub fn run_table(object: &[u8], hooks: &[Hook], label: &str) -> Result<TableReport> {
+    let cases = cases();
+    let mut report = TableReport {
+        cases: cases.len(),
+        ..TableReport::default()
+    };
+    for setup in Setup::ALL {
+        let policy = setup.policy();
+        let dp = Datapath::load_hooks(object, &policy, hooks)
+            .with_context(|| format!("{label}: loading with {setup:?} policy"))?;
+        for case in cases.iter().filter(|c| c.setup == setup) {
+            let failed_before = report.failures.len();
+            check_case(&dp, &policy, case, hooks, label, &mut report);
+            if report.failures.len() == failed_before {
+                report.passed += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// One case: the model, then each hook's run (or the skb test run's refusal).
+fn check_case(
+    dp: &Datapath,
+    policy: &Policy,
+    case: &Case,
+    hooks: &[Hook],
+    label: &str,
+    report: &mut TableReport,
+) {
+    if case.frame.len() < MIN_FRAME {
+        report
+            .failures
+            .push(format!("{}: frame too short to run", case.name));
+        return;
+    }
+    let want = case.decision();
+    let model = classify(&case.frame, 0, policy);
+    if model != want {
+        report.failures.push(format!(
+            "{}: model says {model:?}, table {want:?}",
+            case.name
+        ));
+    }
+    let expected = expected_run(&want, case.frame.len());
+    for &hook in hooks {
+        if hook == Hook::Tc && skb_test_run_refuses(&case.frame) {
+            // Not a skip: the refusal itself is asserted (see skb_test_run_refuses).
+            if dp.verdict(hook, &case.frame).is_ok() {
+                report.failures.push(format!(
+                    "{} [{label} Tc]: the kernel ran a frame it was expected to refuse; \
+                     update skb_test_run_refuses",
+                    case.name
+                ));
+            }
+            report.refused += 1;
+            continue;
+        }
+        match dp.run(hook, &case.frame) {
+            Ok(got) if got == expected => {}
+            Ok(got) => report.failures.push(format!(
+                "{} [{label} {hook:?}]: got {got:?}, want {expected:?}\n{}",
+                case.name,
+                hex(&case.frame)
+            )),
+            Err(e) => report
+                .failures
+                .push(format!("{} [{label} {hook:?}]: {e:#}", case.name)),
+        }
+        report.checked += 1;
+    }
+}

@@ -38,7 +38,7 @@ pub const EVENT_FLAG_ARP: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the frame was judged.
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) when the frame was judged.
     pub ts_ns: u64,
     pub ifindex: u32,
     /// Counter slot of the port (0: a port without an entry in the port table).
@@ -56,7 +56,7 @@ pub struct DropEvent {
     /// [`IP_NONE`], [`IP_V4`] or [`IP_V6`].
     pub ip_version: u8,
     pub vlan_tci: [u16; 2],
-    /// The inner EtherType (after the VLAN tags).
+    /// The inner `EtherType` (after the VLAN tags).
     pub ethertype: u16,
     /// IP protocol / IPv6 next header (0 when not IP).
     pub l4_proto: u8,
@@ -107,7 +107,7 @@ pub struct EventStats {
 }
 
 const _: () = assert!(size_of::<DropEvent>() == 88 + EVENT_SNAP_LEN);
-const _: () = assert!(size_of::<DropEvent>() % 8 == 0);
+const _: () = assert!(size_of::<DropEvent>().is_multiple_of(8));
 const _: () = assert!(size_of::<EventReader>() == 8);
 const _: () = assert!(size_of::<EventWindow>() == 16);
 const _: () = assert!(size_of::<EventStats>() == 24);

@@ -49,7 +49,7 @@ pub mod map_names {
     pub const RULE_HITS: &str = "GUARD_RULE_HITS";
     /// Drop events (ring buffer of `event::DropEvent`).
     pub const EVENTS: &str = "GUARD_EVENTS";
-    /// The reader lease (`event::EventReader`). Names are at most 15 bytes (BPF_OBJ_NAME_LEN).
+    /// The reader lease (`event::EventReader`). Names are at most 15 bytes (`BPF_OBJ_NAME_LEN`).
     pub const EVENT_LEASE: &str = "GUARD_EV_LEASE";
     /// Per-port event-rate windows (`event::EventWindow`, by counter slot).
     pub const EVENT_RATE: &str = "GUARD_EV_RATE";

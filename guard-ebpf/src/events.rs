@@ -37,6 +37,8 @@ const P_8021Q: u16 = 0x8100;
 const P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+/// `EVENT_SNAP_LEN` is a power of two (asserted in guard-common).
+const SNAP_MASK: u32 = EVENT_SNAP_LEN as u32 - 1;
 
 /// Which per-CPU event counter to bump.
 #[derive(Clone, Copy)]
@@ -149,8 +151,7 @@ pub fn emit<F: Frame>(f: &F, ifindex: u32, slot: u32, reason: u32, rule_id: u32)
             // The helper's length must provably lie in 1..=EVENT_SNAP_LEN for the verifier.
             // LLVM folds `cap > 0` into a packet-pointer compare the verifier cannot connect
             // to `cap`; the opaque value plus mask and add give it the range explicitly.
-            const MASK: u32 = EVENT_SNAP_LEN as u32 - 1;
-            let cap = (core::hint::black_box(cap).wrapping_sub(1) & MASK) + 1;
+            let cap = (core::hint::black_box(cap).wrapping_sub(1) & SNAP_MASK) + 1;
             if f.load_head((*ev).data.as_mut_ptr(), cap) {
                 (*ev).cap_len = cap as u16;
             }

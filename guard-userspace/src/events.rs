@@ -39,9 +39,10 @@ pub fn monotonic_ns() -> u64 {
     };
     // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    (ts.tv_sec as u64)
+    ts.tv_sec
+        .cast_unsigned()
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+        .saturating_add(ts.tv_nsec.cast_unsigned())
 }
 
 /// The wall-clock time of a `bpf_ktime_get_ns` timestamp.

@@ -3,12 +3,16 @@
 //! Each test builds its own small lab: a "host" namespace with a bridge, one port (a veth whose
 //! peer is in a "guest" namespace) and a management address on a dummy interface; guard is
 //! attached with `guardctl --netns`. The guest sends an attack of N UDP frames to the bridge's
-//! MAC and the management address over AF_PACKET. Root and the `guardctl` binary are needed;
+//! MAC and the management address over `AF_PACKET`. Root and the `guardctl` binary are needed;
 //! without them the tests fail (they do not skip).
 //!
 //! The lab helper is deliberately small: the attack lab in `tests/src/lab/` (another branch)
 //! will replace it.
 #![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(
+    clippy::float_cmp,
+    reason = "Prometheus samples are f64; the compared counts are small integers, exact in f64"
+)]
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -260,7 +264,7 @@ fn enter_netns(ns: &str) {
     assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }
 
-/// Sends `frame` `n` times out of `ifname` in `ns` with an AF_PACKET socket.
+/// Sends `frame` `n` times out of `ifname` in `ns` with an `AF_PACKET` socket.
 fn send_frames(ns: &str, ifname: &str, frame: &[u8], n: usize) {
     enter_netns(ns);
     let name = std::ffi::CString::new(ifname).unwrap();
@@ -276,7 +280,7 @@ fn send_frames(ns: &str, ifname: &str, frame: &[u8], n: usize) {
         );
         let mut sa: libc::sockaddr_ll = std::mem::zeroed();
         sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_ifindex = ifindex as i32;
+        sa.sll_ifindex = ifindex.cast_signed();
         sa.sll_halen = 6;
         sa.sll_addr[..6].copy_from_slice(&frame[..6]);
         for _ in 0..n {
@@ -290,7 +294,7 @@ fn send_frames(ns: &str, ifname: &str, frame: &[u8], n: usize) {
             );
             assert_eq!(
                 rc,
-                frame.len() as isize,
+                frame.len().cast_signed(),
                 "sendto: {}",
                 std::io::Error::last_os_error()
             );
@@ -339,7 +343,7 @@ impl Reader {
     /// SIGINT (the reader drains the ring first), then all of its stdout.
     fn stop(mut self) -> String {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGINT) };
         let mut out = String::new();
         self.child
             .stdout
@@ -494,7 +498,7 @@ struct Agent(Child);
 impl Drop for Agent {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.0.id().cast_signed(), libc::SIGTERM) };
         let _ = self.0.wait();
     }
 }
@@ -510,6 +514,7 @@ fn sample_value(s: &prometheus_parse::Sample) -> f64 {
 
 /// A scrape of `/metrics` parses as Prometheus text and equals `guardctl stats --json`.
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn metrics_equal_stats_json() {
     const N: u64 = 30;
     let lab = Lab::new("m");

@@ -132,7 +132,6 @@ pub async fn run(cli: &Cli, a: &EventsArgs) -> Result<ExitCode> {
             seen += 1;
         }
     }
-    drop(emit);
     if let Some(mut p) = pcap {
         p.flush().context("writing the pcap file")?;
     }

@@ -38,7 +38,7 @@ pub fn serve(server: &tiny_http::Server, loc: &Location) {
 }
 
 fn scrape(loc: &Location) -> Result<String> {
-    let stats = collect(loc).with_context(|| format!("reading counters of {:?}", loc.bridge))?;
+    let counters = collect(loc).with_context(|| format!("reading counters of {:?}", loc.bridge))?;
     let state = State::load(loc)
         .with_context(|| format!("reading the state of {:?}", loc.bridge))?
         .unwrap_or_default();
@@ -55,7 +55,7 @@ fn scrape(loc: &Location) -> Result<String> {
         .map(|i| i.id());
     let vms = crate::ports::vms(&state);
     render(&[BridgeMetrics {
-        stats: &stats,
+        stats: &counters,
         state: &state,
         xdp_prog_id: xdp,
         tc_prog_id: tc,

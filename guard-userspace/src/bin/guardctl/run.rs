@@ -24,7 +24,7 @@ use crate::{Cli, attach::AttachArgs, output};
 pub struct RunArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477).
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. 127.0.0.1:9477).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
 }

@@ -20,7 +20,7 @@ use guard::{
 };
 use ratatui::{
     DefaultTerminal, Frame,
-    layout::{Constraint, Layout},
+    layout::{Constraint, Layout, Rect},
     style::{Modifier, Style},
     text::Line,
     widgets::{Block, Borders, Paragraph, Row, Table},
@@ -41,6 +41,9 @@ pub struct TopArgs {
 const OFFENDER_WINDOW: Duration = Duration::from_secs(10);
 const RECENT: usize = 64;
 
+/// Packets per (port, reason).
+type Totals = HashMap<(String, &'static str), u64>;
+
 struct View {
     loc: Location,
     state: State,
@@ -49,8 +52,8 @@ struct View {
     stats: Option<BridgeStats>,
     /// (port, reason) -> (rate per second, total) for drop and monitor reasons.
     rates: Vec<(String, &'static str, f64, u64)>,
-    prev: Option<(Instant, HashMap<(String, &'static str), u64>)>,
-    /// (when, source) of the sampled events of the last OFFENDER_WINDOW.
+    prev: Option<(Instant, Totals)>,
+    /// (when, source, port) of the sampled events of the last `OFFENDER_WINDOW`.
     sources: VecDeque<(Instant, String, String)>,
     recent: VecDeque<EventView>,
 }
@@ -132,6 +135,13 @@ impl View {
             Constraint::Min(3),
         ])
         .areas(f.area());
+        self.draw_header(f, head);
+        self.draw_rates(f, rates);
+        self.draw_offenders(f, offenders);
+        self.draw_recent(f, recent);
+    }
+
+    fn draw_header(&self, f: &mut Frame<'_>, area: Rect) {
         let (dropped, ev) = self
             .stats
             .as_ref()
@@ -159,8 +169,11 @@ impl View {
                 ),
                 Line::raw(format!("dropped {dropped} total; {ev_text}")),
             ]),
-            head,
+            area,
         );
+    }
+
+    fn draw_rates(&self, f: &mut Frame<'_>, area: Rect) {
         let rows = self.rates.iter().map(|(who, r, rate, total)| {
             Row::new(vec![
                 who.clone(),
@@ -185,8 +198,11 @@ impl View {
                     .borders(Borders::TOP)
                     .title("drops by port"),
             ),
-            rates,
+            area,
         );
+    }
+
+    fn draw_offenders(&self, f: &mut Frame<'_>, area: Rect) {
         let mut by_source: HashMap<(&str, &str), u64> = HashMap::new();
         for (_, src, who) in &self.sources {
             *by_source.entry((src.as_str(), who.as_str())).or_default() += 1;
@@ -211,8 +227,11 @@ impl View {
                     .borders(Borders::TOP)
                     .title("top offenders (sampled events, last 10 s)"),
             ),
-            offenders,
+            area,
         );
+    }
+
+    fn draw_recent(&self, f: &mut Frame<'_>, area: Rect) {
         let lines: Vec<Line<'_>> = self
             .recent
             .iter()
@@ -239,7 +258,7 @@ impl View {
                     .borders(Borders::TOP)
                     .title("recent events"),
             ),
-            recent,
+            area,
         );
     }
 }

@@ -733,3 +733,43 @@ fn top_shows_the_attacking_port() {
         !s.contains("guard top: br0")
     });
 }
+
+/// The lease entry of the lab's bridge, read from its pin.
+fn lease(lab: &Lab) -> u64 {
+    let path = format!("/sys/fs/bpf/guard/{}/br0/GUARD_EV_LEASE", lab.host);
+    let data = aya::maps::MapData::from_pin(&path).unwrap();
+    let map = aya::maps::Map::from_map_data(data).unwrap();
+    let arr: aya::maps::Array<_, guard_common::event::EventReader> =
+        aya::maps::Array::try_from(map).unwrap();
+    arr.get(&0, 0).unwrap().until_ns
+}
+
+/// A reader that exits cleanly gives the lease up; one that is killed leaves it, and the
+/// datapath clears it itself once it has expired, so events (and their cost) stop.
+#[test]
+fn a_dead_reader_does_not_leave_events_on() {
+    let lab = Lab::new("l");
+    lab.attach(&[]);
+    assert_eq!(lease(&lab), 0, "no reader yet");
+    let reader = Reader::start(&lab, &["--json"], &[]);
+    assert_ne!(lease(&lab), 0, "the reader holds the lease");
+    let _ = reader.stop();
+    assert_eq!(lease(&lab), 0, "a clean exit gives the lease up");
+
+    let mut reader = Reader::start(&lab, &["--json"], &[]);
+    reader.child.kill().unwrap();
+    reader.child.wait().unwrap();
+    assert_ne!(lease(&lab), 0, "a killed reader cannot give it up");
+    // Frames keep coming; once the lease has run out (5 s) the first drop clears it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lease(&lab) != 0 {
+        assert!(Instant::now() < deadline, "the lease was never cleared");
+        lab.attack(1);
+    }
+    let before = lab.stats();
+    lab.attack(10);
+    let after = lab.wait_stats("10 more drops", |s| {
+        port_counter(s, "vp0", "deny_ipv4") >= port_counter(&before, "vp0", "deny_ipv4") + 10
+    });
+    assert_eq!(after["events"], before["events"], "no events without a reader");
+}

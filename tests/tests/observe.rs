@@ -385,10 +385,22 @@ fn check_event(ev: &Value, vm: Option<&str>) {
 /// rest counted as suppressed), each naming port, addresses and reason; the pcap holds them.
 #[test]
 fn events_are_rate_limited_and_counters_stay_exact() {
+    rate_limited("xdp");
+}
+
+/// The same through the TC program (`--hook tc`): the event code is shared by both hooks.
+#[test]
+fn events_are_rate_limited_on_tc_too() {
+    rate_limited("tc");
+}
+
+fn rate_limited(hook: &str) {
     const N: u64 = 40;
     const LIMIT: u64 = 10;
-    let lab = Lab::new("e");
-    lab.attach(&["--event-rate", &LIMIT.to_string()]);
+    let lab = Lab::new(&hook[..1]);
+    lab.attach(&["--event-rate", &LIMIT.to_string(), "--hook", hook]);
+    let mode = &lab.stats()["ports"][0]["mode"];
+    assert!(mode.as_str().unwrap().starts_with(hook), "hooked as {mode}");
     let pcap = std::env::temp_dir().join(format!("{}.pcap", lab.host));
     let reader = Reader::start(&lab, &["--json", "--pcap", pcap.to_str().unwrap()], &[]);
     lab.attack(N as usize);
@@ -771,5 +783,42 @@ fn a_dead_reader_does_not_leave_events_on() {
     let after = lab.wait_stats("10 more drops", |s| {
         port_counter(s, "vp0", "deny_ipv4") >= port_counter(&before, "vp0", "deny_ipv4") + 10
     });
-    assert_eq!(after["events"], before["events"], "no events without a reader");
+    assert_eq!(
+        after["events"], before["events"],
+        "no events without a reader"
+    );
+}
+
+/// VLAN tags (802.1ad outer, 802.1Q inner) are reported, outer first, with the inner packet's
+/// addresses and ports.
+#[test]
+fn events_report_vlan_tags() {
+    const N: usize = 3;
+    let lab = Lab::new("q");
+    lab.attach(&[]);
+    let reader = Reader::start(&lab, &["--json"], &[]);
+    let plain = attack_frame();
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x88, 0xa8, 0x00, 100, 0x81, 0x00, 0x00, 200]);
+    tagged.extend_from_slice(&plain[12..]);
+    let guest = lab.guest.clone();
+    std::thread::spawn(move || send_frames(&guest, "ve0", &tagged, N))
+        .join()
+        .unwrap();
+    lab.wait_stats("N sampled events", |s| {
+        s["events"]["sampled"].as_u64().unwrap() >= N as u64
+    });
+    let out = reader.stop();
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), N, "{out}");
+    for ev in &events {
+        assert_eq!(ev["vlans"], serde_json::json!([100, 200]), "{ev}");
+        assert_eq!(ev["ethertype"], "0x0800", "{ev}");
+        assert_eq!(ev["dst_ip"], "192.0.2.1", "{ev}");
+        assert_eq!(ev["dst_port"], DST_PORT, "{ev}");
+        assert_eq!(ev["len"], 68, "{ev}");
+    }
 }

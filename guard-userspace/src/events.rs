@@ -173,6 +173,8 @@ pub struct EventView {
     pub ifindex: u32,
     /// The libvirt domain owning the port, if known.
     pub vm: Option<String>,
+    /// The guest's MAC from libvirt, else the port interface's own MAC.
+    pub port_mac: Option<String>,
     pub src_mac: String,
     pub dst_mac: String,
     /// VLAN IDs, outer first.
@@ -235,6 +237,7 @@ impl EventView {
             port: port.map_or_else(|| format!("if{}", ev.ifindex), |p| p.name.clone()),
             ifindex: ev.ifindex,
             vm: port.and_then(|p| p.vm.clone()),
+            port_mac: port.and_then(|p| p.mac.clone()),
             src_mac: mac_str(ev.src_mac),
             dst_mac: mac_str(ev.dst_mac),
             vlans: ev.vlan_tci[..usize::from(ev.vlan_count.min(2))]
@@ -255,12 +258,13 @@ impl EventView {
         }
     }
 
-    /// The port as shown: `vm:port` when the VM is known.
+    /// The port as shown: `vm:port` when libvirt names the VM, else `port[mac]`.
     #[must_use]
     pub fn who(&self) -> String {
-        match &self.vm {
-            Some(vm) => format!("{vm}:{}", self.port),
-            None => self.port.clone(),
+        match (&self.vm, &self.port_mac) {
+            (Some(vm), _) => format!("{vm}:{}", self.port),
+            (None, Some(mac)) => format!("{}[{mac}]", self.port),
+            (None, None) => self.port.clone(),
         }
     }
 

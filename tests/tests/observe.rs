@@ -367,6 +367,12 @@ impl Drop for Reader {
 fn check_event(ev: &Value, vm: Option<&str>) {
     assert_eq!(ev["port"], "vp0", "{ev}");
     assert_eq!(ev["vm"].as_str(), vm, "{ev}");
+    // With a VM, the guest's MAC from libvirt; without, the port interface's own MAC.
+    if vm.is_some() {
+        assert_eq!(ev["port_mac"], "52:54:00:00:00:0a", "{ev}");
+    } else {
+        assert_eq!(ev["port_mac"].as_str().map(str::len), Some(17), "{ev}");
+    }
     assert_eq!(ev["reason"], "deny_ipv4", "{ev}");
     assert_eq!(ev["src_mac"], "02:00:00:00:02:02", "{ev}");
     assert_eq!(ev["dst_mac"], "02:00:00:00:01:01", "{ev}");

@@ -102,9 +102,14 @@ impl View {
     }
 
     fn who(&self, ifindex: u32, name: &str) -> String {
-        match self.labels.get(&ifindex).and_then(|l| l.vm.as_deref()) {
-            Some(vm) => format!("{vm}:{name}"),
-            None => name.to_owned(),
+        let label = self.labels.get(&ifindex);
+        match (
+            label.and_then(|l| l.vm.as_deref()),
+            label.and_then(|l| l.mac.as_deref()),
+        ) {
+            (Some(vm), _) => format!("{vm}:{name}"),
+            (None, Some(mac)) => format!("{name}[{mac}]"),
+            (None, None) => name.to_owned(),
         }
     }
 

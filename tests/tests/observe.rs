@@ -828,3 +828,28 @@ fn events_report_vlan_tags() {
         assert_eq!(ev["len"], 68, "{ev}");
     }
 }
+
+/// Monitor mode: the frames pass, are counted as `monitor_ipv4`, and are reported as such.
+#[test]
+fn monitor_verdicts_make_events_too() {
+    const N: u64 = 5;
+    let lab = Lab::new("o");
+    lab.attach(&["--monitor"]);
+    let reader = Reader::start(&lab, &["--json"], &[]);
+    lab.attack(N as usize);
+    let s = lab.wait_stats("N sampled events", |s| {
+        s["events"]["sampled"].as_u64().unwrap() >= N
+    });
+    let out = reader.stop();
+    assert_eq!(port_counter(&s, "vp0", "monitor_ipv4"), N, "{s:#}");
+    assert_eq!(s["totals"]["dropped"]["packets"], 0, "{s:#}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len() as u64, N, "{out}");
+    for ev in &events {
+        assert_eq!(ev["reason"], "monitor_ipv4", "{ev}");
+        assert_eq!(ev["dst_ip"], "192.0.2.1", "{ev}");
+    }
+}

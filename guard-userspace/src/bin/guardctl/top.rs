@@ -301,7 +301,16 @@ pub async fn run(cli: &Cli, a: &TopArgs) -> Result<ExitCode> {
         recent: VecDeque::new(),
     };
     view.refresh()?;
-    let mut terminal = ratatui::init();
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            // Raw mode may have been entered before the failure.
+            ratatui::restore();
+            return Err(e).context(
+                "starting the terminal view (needs a terminal; `guardctl stats --watch` does not)",
+            );
+        }
+    };
     let result = ui(
         &mut terminal,
         &mut view,

@@ -16,12 +16,22 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    // `cargo xtask` sets GUARD_EBPF_TOOLCHAIN when the machine has no `nightly` toolchain (it
+    // then uses stable): aya-build runs `rustup run <toolchain> cargo build ...` and defaults to
+    // nightly. On stable it also sets RUSTC_BOOTSTRAP=1, which aya-build 0.2.0 reads from this
+    // script's environment (adding `-Z build-std=core`) and its nested cargo inherits.
+    println!("cargo:rerun-if-env-changed=GUARD_EBPF_TOOLCHAIN");
+    println!("cargo:rerun-if-env-changed=RUSTC_BOOTSTRAP");
+    let toolchain = std::env::var("GUARD_EBPF_TOOLCHAIN").ok();
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),
             root_dir: root.as_str(),
             ..Default::default()
         }],
-        Toolchain::default(),
+        toolchain
+            .as_deref()
+            .filter(|name| !name.is_empty())
+            .map_or_else(Toolchain::default, Toolchain::Custom),
     )
 }

@@ -69,7 +69,9 @@ impl Frame for XdpContext {
     }
     #[inline(always)]
     fn len(&self) -> u32 {
-        (self.data_end() - self.data()) as u32
+        // The kernel guarantees data <= data_end, but both are plain scalars to the verifier:
+        // a checked `-` keeps an overflow panic path that no debug build could load.
+        self.data_end().wrapping_sub(self.data()) as u32
     }
     #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
@@ -106,6 +108,10 @@ impl Frame for TcContext {
         self.len()
     }
     #[inline(always)]
+    #[expect(
+        clippy::misnamed_getters,
+        reason = "skb->ifindex is what XDP calls ingress_ifindex: the device the program runs on"
+    )]
     fn ingress_ifindex(&self) -> u32 {
         // The device the program runs on (the port, or the bridge for the bridge hook), as
         // XDP's `ingress_ifindex` is.

@@ -26,6 +26,10 @@ const fn is_ext_header(nh: u8) -> bool {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "f, o, h, q: frame, header offset, header, cursor, as in the other parsers"
+)]
 pub fn classify<F: Frame>(f: &F, o: usize) -> Result<Outcome, Malformed> {
     let h: &Ipv6Hdr = f.at(o)?;
     if h.vcf[0] >> 4 != 6 {

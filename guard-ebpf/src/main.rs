@@ -51,6 +51,7 @@ pub struct Outcome {
 
 impl Outcome {
     #[inline(always)]
+    #[must_use]
     pub const fn new(reason: u32, rule_id: u32) -> Self {
         Self { reason, rule_id }
     }
@@ -131,6 +132,10 @@ fn monitored(port_flags: u32) -> bool {
 }
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] macro's signature"
+)]
 pub fn guard_xdp(ctx: XdpContext) -> u32 {
     if account(&ctx, classify(&ctx)) {
         xdp_action::XDP_DROP
@@ -145,13 +150,19 @@ pub fn guard_xdp(ctx: XdpContext) -> u32 {
 const TC_PULL_BYTES: u32 = 512;
 
 #[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[classifier] macro's signature"
+)]
 pub fn guard_tc(ctx: TcContext) -> i32 {
     let want = if ctx.len() < TC_PULL_BYTES {
         ctx.len()
     } else {
         TC_PULL_BYTES
     };
-    if ctx.data_end() - ctx.data() < want as usize {
+    // Wrapping: data <= data_end always holds, and a checked `-` would leave an overflow panic
+    // path in the debug build that the verifier cannot prove dead.
+    if ctx.data_end().wrapping_sub(ctx.data()) < want as usize {
         // On failure the parser sees fewer bytes and fails closed for host-bound frames.
         let _ = ctx.pull_data(want);
     }

@@ -22,7 +22,7 @@ pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
 #[map(name = "GUARD_PORTS")]
 pub static PORTS: Array<PortConfig> = Array::with_max_entries(PORT_TABLE_SIZE, 0);
 
-/// The host MAC set (one entry; see guard_common::mac).
+/// The host MAC set (one entry; see `guard_common::mac`).
 #[map(name = "GUARD_MAC_TABLE")]
 pub static MAC_TABLE: Array<MacTable> = Array::with_max_entries(1, 0);
 

@@ -461,6 +461,17 @@ impl Guard {
             self.swap(iface, HookMode::Tc)?;
             return Ok((k.mode, k.fallback.clone()));
         }
+        if known.is_none() {
+            // No record of this interface (state lost, e.g. /run wiped) but a pinned link may
+            // still hook it: adopt it rather than hooking twice.
+            for &mode in candidates {
+                if mode != HookMode::Tc && self.loc.link_pin(mode.pin_name(), iface.index).exists()
+                {
+                    self.swap(iface, mode)?;
+                    return Ok((mode, Some("adopted a pinned link without state".to_owned())));
+                }
+            }
+        }
         let mut refused = Vec::new();
         for &mode in candidates {
             match self.hook_new(iface, mode) {
@@ -619,25 +630,8 @@ impl Guard {
     /// (then the kernel has released its hook with it).
     fn unhook(&self, ifindex: u32, port: &PortState) {
         match port.mode {
-            HookMode::Tc => {
-                if let Ok(link) = SchedClassifierLink::attached(
-                    &port.name,
-                    TcAttachType::Ingress,
-                    TC_PRIORITY,
-                    TC_HANDLE,
-                    None,
-                ) {
-                    drop(link);
-                }
-            }
-            mode => {
-                let pin = self.loc.link_pin(mode.pin_name(), ifindex);
-                match fs::remove_file(&pin) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => log::warn!("removing {}: {e}", pin.display()),
-                }
-            }
+            HookMode::Tc => remove_tc_filter(&port.name),
+            mode => release_link_pin(&self.loc.link_pin(mode.pin_name(), ifindex)),
         }
     }
 
@@ -687,37 +681,109 @@ pub fn detach(loc: &Location) -> Result<bool> {
     if !loc.is_attached() && State::load(loc)?.is_none() {
         return Ok(false);
     }
+    // cls_bpf filters are not pinned: the state names them.
     if let Some(state) = State::load(loc)? {
-        for (ifindex, port) in &state.ports {
-            if port.mode == HookMode::Tc {
-                if let Ok(link) = SchedClassifierLink::attached(
-                    &port.name,
-                    TcAttachType::Ingress,
-                    TC_PRIORITY,
-                    TC_HANDLE,
-                    None,
-                ) {
-                    drop(link);
-                }
-            } else {
-                let _ = ifindex;
-            }
+        for port in state.ports.values().filter(|p| p.mode == HookMode::Tc) {
+            remove_tc_filter(&port.name);
         }
     }
-    // Removing the pins releases the links (and with them the hooks) and the maps.
+    for (_, _, path) in loc.link_pins()? {
+        release_link_pin(&path);
+    }
+    // Removing the pins releases the maps and programs.
     loc.remove_all()?;
     Ok(true)
 }
 
+/// Removes guard's `cls_bpf` filter from `port`'s ingress. Best effort, like
+/// [`release_link_pin`]: the interface may be gone, and its filters with it.
+fn remove_tc_filter(port: &str) {
+    // Dropping the link object of an attached filter deletes the filter.
+    if let Ok(link) =
+        SchedClassifierLink::attached(port, TcAttachType::Ingress, TC_PRIORITY, TC_HANDLE, None)
+    {
+        drop(link);
+    }
+}
+
+/// `BPF_OBJ_GET` and `BPF_LINK_DETACH` (`enum bpf_cmd`, include/uapi/linux/bpf.h); aya 0.14
+/// wraps neither for a pinned link.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Detaches the link pinned at `path` now, then removes the pin. Best effort: the link may
+/// be gone already, or defunct because its interface left.
+///
+/// Removing the pin alone releases the link, but not by the time `unlink` returns: bpffs
+/// drops its reference when the inode is freed after an RCU grace period (`bpf_free_inode`),
+/// and the last `bpf_link_put` defers the detach to a workqueue (`bpf_link_put_deferred`).
+/// Until then the hook keeps judging frames, so `guardctl detach` returned while guard still
+/// enforced (measured: frames sent right after a TCX detach were all still dropped).
+/// `BPF_LINK_DETACH` (Linux 5.9; XDP and TCX links implement it) unhooks synchronously.
+fn release_link_pin(path: &std::path::Path) {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    if let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
+        let mut get = [0u64; 3];
+        get[0] = cpath.as_ptr() as u64;
+        // SAFETY: `get` is a valid, zero-padded bpf_attr of the size passed; `cpath` outlives
+        // the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                get.as_mut_ptr(),
+                size_of_val(&get),
+            )
+        };
+        if let Ok(fd) = i32::try_from(fd)
+            && fd >= 0
+        {
+            // SAFETY: a descriptor the kernel just gave us; the OwnedFd closes it.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            // union bpf_attr for BPF_LINK_DETACH: link_fd.
+            let mut detach = [0u32; 4];
+            detach[0] = std::os::fd::AsRawFd::as_raw_fd(&fd).cast_unsigned();
+            // SAFETY: a valid, zero-padded bpf_attr of the size passed.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_LINK_DETACH,
+                    detach.as_mut_ptr(),
+                    size_of_val(&detach),
+                )
+            };
+            if rc != 0 {
+                log::debug!(
+                    "BPF_LINK_DETACH {}: {}",
+                    path.display(),
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("removing {}: {e}", path.display()),
+    }
+}
+
+/// An error and its sources on one line, without the repetition some of aya's errors have
+/// (a syscall error's message already ends with its `io::Error`, which is also its source).
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut parts: Vec<String> = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        match parts.last_mut() {
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            Some(last) if last.contains(&text) => {}
+            _ => parts.push(text),
+        }
         src = inner.source();
     }
-    s
+    parts.join(": ")
 }
 
 /// The default object: the release build embedded in this binary.

@@ -7,47 +7,47 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum GuardError {
-    #[error("network namespace {name:?}: {source}")]
+    #[error("network namespace {name:?} (/run/netns/{name})")]
     Netns {
         name: String,
         #[source]
         source: io::Error,
     },
-    #[error("netlink: {0}")]
+    #[error("netlink request failed")]
     Netlink(#[from] rtnetlink::Error),
-    #[error("netlink socket: {0}")]
+    #[error("opening a netlink socket")]
     NetlinkSocket(#[source] io::Error),
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
     #[error("interface {0:?} is not a bridge")]
     NotABridge(String),
-    #[error("bpffs: {path}: {source}")]
+    #[error("bpffs: {}", path.display())]
     Bpffs {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: Box<aya::maps::MapError>,
     },
-    #[error("pinning {path}: {source}")]
+    #[error("pinning {}", path.display())]
     Pin {
         path: PathBuf,
         #[source]
         source: Box<aya::pin::PinError>,
     },
-    #[error("link {path}: {source}")]
+    #[error("link {}", path.display())]
     Link {
         path: PathBuf,
         #[source]
@@ -61,13 +61,13 @@ pub enum GuardError {
     Policy(String),
     #[error("bridge {0:?} is not attached (no pinned state)")]
     NotAttached(String),
-    #[error("state file {path}: {source}")]
+    #[error("state file {}", path.display())]
     State {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("state file {path}: {source}")]
+    #[error("state file {} is not valid", path.display())]
     StateFormat {
         path: PathBuf,
         #[source]

@@ -2,6 +2,7 @@
 //! detaching bridges, and reading the counters. `guardctl` is a thin CLI over it.
 
 pub mod attach;
+pub mod audit;
 pub mod config;
 pub mod discovery;
 pub mod error;

@@ -1,8 +1,11 @@
 //! guardctl: attach guard to a guest bridge, watch it, change its policy.
 //!
-//! Exit codes: 0 success, 1 error (the message names the interface, map or file at fault).
+//! Exit codes: 0 success, 1 error (the message names the interface, map or file at fault),
+//! 64 bad arguments (`EX_USAGE`). `audit` has its own: 0 clean, 1 medium, 2 high, 3 error;
+//! clap's default of 2 for bad arguments would read as "high findings" there.
 
 mod attach;
+mod audit;
 mod config;
 mod detach;
 mod events;
@@ -61,6 +64,9 @@ enum Command {
     Run(run::RunArgs),
     /// Configuration file tools.
     Config(config::ConfigArgs),
+    /// Check the host's network posture around guest bridges (forwarding, `rp_filter`, ARP,
+    /// IPv6, `br_netfilter`, guard on every port); --fix applies the safe sysctl changes.
+    Audit(audit::AuditArgs),
 }
 
 impl Cli {
@@ -69,8 +75,22 @@ impl Cli {
     }
 }
 
+/// `EX_USAGE` from sysexits.h.
+const EXIT_USAGE: u8 = 64;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -83,15 +103,22 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("guardctl: {e:#}");
-            ExitCode::FAILURE
+            if matches!(cli.command, Command::Audit(_)) {
+                ExitCode::from(audit::error_status())
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
 
 fn real_main(cli: &Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Config(_)) {
+        guard::attach::check_privileges()?;
+    }
     if let Some(ns) = &cli.netns {
         // Before the runtime exists: every thread it starts inherits the namespace.
-        guard::netns::enter(ns).with_context(|| format!("entering network namespace {ns:?}"))?;
+        guard::netns::enter(ns)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,6 +135,7 @@ fn real_main(cli: &Cli) -> Result<ExitCode> {
             Command::Top(a) => top::run(cli, a).await,
             Command::Run(a) => run::run(cli, a).await,
             Command::Config(a) => Ok(config::run(a)),
+            Command::Audit(a) => audit::run(cli, a).await,
         }
     })
 }

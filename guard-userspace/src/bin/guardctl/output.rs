@@ -135,12 +135,14 @@ pub fn describe(loc: &Location, state: &State) -> String {
         .netns
         .as_deref()
         .map_or(String::new(), |n| format!(" in netns {n}"));
+    // Two lines: namespace names can be long and the output must fit 80 columns.
+    let _ = writeln!(s, "guard: {}{ns}", v.bridge);
     let _ = writeln!(
         s,
-        "guard: {}{ns}: {} mode, {} port(s), since {}",
-        v.bridge,
+        "  {} mode, {} port(s), hook {}, since {}",
         v.mode,
         v.ports.len(),
+        v.hook,
         fmt_time(v.since)
     );
     for p in &v.ports {

@@ -45,6 +45,14 @@ pub async fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
     // Subscribe before the first discovery, so nothing between the two is missed.
     let (mut conn, handle, mut events) =
         rtnetlink::new_connection().context("opening the rtnetlink event socket")?;
+    // Bind first: an unbound netlink socket has port id 0, and the kernel skips a listener
+    // whose port id equals the notification's (netlink.c do_one_broadcast(): `nlk->portid ==
+    // p->portid`), which is 0 for every notification not echoed to a requester, that is for
+    // every `ip link set ... master` of another process. Unbound, the agent heard nothing.
+    conn.socket_mut()
+        .socket_mut()
+        .bind_auto()
+        .context("binding the rtnetlink event socket")?;
     for group in [
         RTNLGRP_LINK,
         RTNLGRP_NEIGH,

@@ -11,6 +11,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod event;
 pub mod mac;
 #[cfg(feature = "std")]
 pub mod model;
@@ -46,9 +47,27 @@ pub mod map_names {
     pub const RULES_V6: &str = "GUARD_RULES_V6";
     pub const COUNTERS: &str = "GUARD_COUNTERS";
     pub const RULE_HITS: &str = "GUARD_RULE_HITS";
+    /// Drop events (ring buffer of `event::DropEvent`).
+    pub const EVENTS: &str = "GUARD_EVENTS";
+    /// The reader lease (`event::EventReader`). Names are at most 15 bytes (`BPF_OBJ_NAME_LEN`).
+    pub const EVENT_LEASE: &str = "GUARD_EV_LEASE";
+    /// Per-port event-rate windows (`event::EventWindow`, by counter slot).
+    pub const EVENT_RATE: &str = "GUARD_EV_RATE";
+    /// Per-CPU event accounting (`event::EventStats`).
+    pub const EVENT_STATS: &str = "GUARD_EV_STATS";
     /// Every map, in a fixed order (for pin management).
-    pub const ALL: [&str; 7] = [
-        CONFIG, PORTS, MAC_TABLE, RULES_V4, RULES_V6, COUNTERS, RULE_HITS,
+    pub const ALL: [&str; 11] = [
+        CONFIG,
+        PORTS,
+        MAC_TABLE,
+        RULES_V4,
+        RULES_V6,
+        COUNTERS,
+        RULE_HITS,
+        EVENTS,
+        EVENT_LEASE,
+        EVENT_RATE,
+        EVENT_STATS,
     ];
 }
 
@@ -137,8 +156,11 @@ pub const GLOBAL_FLAG_MONITOR: u32 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalConfig {
     pub flags: u32,
+    /// Most drop events per second per port (`event::DEFAULT_EVENT_RATE` unless configured);
+    /// 0: no events at all, whether a reader is attached or not.
+    pub event_rate: u32,
     /// Reserved for later use; must be zero.
-    pub reserved: [u32; 3],
+    pub reserved: [u32; 2],
 }
 
 /// A per-CPU counter slot.
@@ -176,4 +198,8 @@ mod pod {
     unsafe impl aya::Pod for super::GlobalConfig {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::mac::MacTable {}
+    unsafe impl aya::Pod for super::event::DropEvent {}
+    unsafe impl aya::Pod for super::event::EventReader {}
+    unsafe impl aya::Pod for super::event::EventWindow {}
+    unsafe impl aya::Pod for super::event::EventStats {}
 }

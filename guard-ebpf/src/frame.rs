@@ -4,7 +4,11 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
+};
 
 /// The parser could not finish: a header it needs is missing, cut short or invalid (rule 4 of the verdict order: fail closed when the frame is addressed to the host).
 pub struct Malformed;
@@ -20,6 +24,14 @@ pub trait Frame {
     fn ingress_ifindex(&self) -> u32;
     /// VLAN tags the hook already took out of the bytes (0 or 1).
     fn tags_stripped(&self) -> u32;
+    /// The TCI of the tag the hook took out (meaningful when `tags_stripped() == 1`).
+    fn stripped_tci(&self) -> u16;
+    /// Copies `len` bytes from the start of the frame to `dst` with the hook's load helper
+    /// (which also reads non-linear data). Only on the event path.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes of writes.
+    unsafe fn load_head(&self, dst: *mut u8, len: u32) -> bool;
 
     /// The `T` at `offset`, bounds-checked against the readable bytes. Only used with types of
     /// alignment 1 (byte arrays and network-types headers made of them), so the reference is
@@ -71,6 +83,15 @@ impl Frame for XdpContext {
         // XDP sees the frame as it came off the wire: tags are still in the bytes.
         0
     }
+    #[inline(always)]
+    fn stripped_tci(&self) -> u16 {
+        0
+    }
+    #[inline(always)]
+    unsafe fn load_head(&self, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: `ctx` is this run's `xdp_md`; the caller vouches for `dst`.
+        unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst.cast::<c_void>(), len) == 0 }
+    }
 }
 
 impl Frame for TcContext {
@@ -103,5 +124,17 @@ impl Frame for TcContext {
         // (skb_vlan_untag / hardware offload); it no longer is in the bytes but still counts.
         // SAFETY: as above.
         u32::from(unsafe { (*self.skb.skb).vlan_present } != 0)
+    }
+    #[inline(always)]
+    fn stripped_tci(&self) -> u16 {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).vlan_tci as u16 }
+    }
+    #[inline(always)]
+    unsafe fn load_head(&self, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: `skb` is this run's `__sk_buff`; the caller vouches for `dst`.
+        unsafe {
+            bpf_skb_load_bytes(self.skb.skb.cast::<c_void>(), 0, dst.cast::<c_void>(), len) == 0
+        }
     }
 }

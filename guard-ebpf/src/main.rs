@@ -3,7 +3,8 @@
 //! The verdict order is docs/datapath.md (which refines ../shared/docs/threat-model.md):
 //! not addressed to the host -> pass at once (the hot path); otherwise parse, look up the
 //! destination (or ARP/NS target) in the prefix tries, fail closed on what cannot be parsed.
-//! Every frame leaves through [`account`], which bumps exactly one per-CPU counter.
+//! Every frame leaves through [`account`], which bumps exactly one per-CPU counter and, for
+//! drop and monitor verdicts only, may describe the frame to an event reader (`events.rs`).
 #![no_std]
 #![no_main]
 // `atomic_xadd`: core's AtomicU64::fetch_add is not offered for the BPF target, but the
@@ -16,6 +17,7 @@
 
 mod arp;
 mod eth;
+mod events;
 mod frame;
 mod ipv4;
 mod ipv6;
@@ -83,8 +85,9 @@ fn try_classify<F: Frame>(f: &F) -> Result<Outcome, Malformed> {
 /// counter), and returns whether to drop.
 #[inline(always)]
 fn account<F: Frame>(f: &F, outcome: Outcome) -> bool {
+    let ifindex = f.ingress_ifindex();
     let port = PORTS
-        .get(f.ingress_ifindex())
+        .get(ifindex)
         .copied()
         .unwrap_or(PortConfig { slot: 0, flags: 0 });
     let mut reason = outcome.reason;
@@ -111,6 +114,11 @@ fn account<F: Frame>(f: &F, outcome: Outcome) -> bool {
         // SAFETY: `hits` points at a live, 8-byte aligned u64 of the map value; other CPUs only
         // touch it atomically too.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(hits, 1) };
+    }
+    // Drop and monitor verdicts are exactly those whose classifier reason is a drop reason.
+    // The event comes after the counters, so sampling can never change them.
+    if reason::is_drop(outcome.reason) {
+        events::emit(f, ifindex, slot, reason, outcome.rule_id);
     }
     drop
 }

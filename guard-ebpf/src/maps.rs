@@ -5,11 +5,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
 };
 use guard_common::{
     Counter, GlobalConfig, MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE, PortConfig,
-    REASON_SLOTS, RuleValue, mac::MacTable,
+    REASON_SLOTS, RuleValue,
+    event::{EVENT_RING_BYTES, EventReader, EventStats, EventWindow},
+    mac::MacTable,
 };
 
 /// Global flags (one entry).
@@ -41,3 +43,20 @@ pub static COUNTERS: PerCpuArray<Counter> =
 /// path only): a per-CPU array of `MAX_RULES` would cost 2 MiB per CPU.
 #[map(name = "GUARD_RULE_HITS")]
 pub static RULE_HITS: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Drop events (`guard_common::event::DropEvent`), for `guardctl events`/`top`/`run --metrics`.
+#[map(name = "GUARD_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// The reader lease (one entry): events are made only while it runs.
+#[map(name = "GUARD_EV_LEASE")]
+pub static EVENT_LEASE: Array<EventReader> = Array::with_max_entries(1, 0);
+
+/// Per-port event-rate windows, by counter slot. Shared, not per-CPU: the limit is per port,
+/// whichever CPUs its frames arrive on.
+#[map(name = "GUARD_EV_RATE")]
+pub static EVENT_RATE: Array<EventWindow> = Array::with_max_entries(MAX_PORT_SLOTS, 0);
+
+/// Events sampled, suppressed by the rate limit, lost to a full ring (one per-CPU entry).
+#[map(name = "GUARD_EV_STATS")]
+pub static EVENT_STATS: PerCpuArray<EventStats> = PerCpuArray::with_max_entries(1, 0);

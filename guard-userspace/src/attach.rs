@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use guard_common::{
-    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_STRICT_MAC, MAX_PORT_SLOTS, PORT_FLAG_MONITOR, PortConfig,
-    map_names, program_names,
+    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_STRICT_MAC, GlobalConfig, MAX_PORT_SLOTS, PORT_FLAG_MONITOR,
+    PortConfig, event::DEFAULT_EVENT_RATE, map_names, program_names,
 };
 
 use crate::{
@@ -321,8 +321,13 @@ impl Guard {
         if o.monitor {
             flags |= GLOBAL_FLAG_MONITOR;
         }
-        if self.maps.flags()? != flags {
-            self.maps.set_flags(flags)?;
+        let cfg = GlobalConfig {
+            flags,
+            event_rate: o.event_rate.unwrap_or(DEFAULT_EVENT_RATE),
+            reserved: [0; 2],
+        };
+        if self.maps.config()? != cfg {
+            self.maps.set_config(cfg)?;
         }
 
         // Host MACs: discovered plus configured.

@@ -57,6 +57,9 @@ pub struct BridgeConfig {
     pub extra_host_macs: Vec<Spanned<String>>,
     #[serde(default)]
     pub monitor_ports: Vec<String>,
+    /// Most drop events per second per port (0: none); default 100.
+    #[serde(default)]
+    pub event_rate: Option<u32>,
 }
 
 /// A configuration error at a place in a file.
@@ -202,6 +205,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 allow,
                 extra_macs,
                 monitor_ports: b.monitor_ports,
+                event_rate: b.event_rate,
                 config_file: Some(path.to_owned()),
                 ..Options::default()
             },

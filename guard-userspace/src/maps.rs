@@ -13,6 +13,7 @@ use aya::{
 use guard_common::{
     Counter, GlobalConfig, MAX_PORT_SLOTS, PORT_TABLE_SIZE, PortConfig, REASON_SLOTS, RuleValue,
     counter_index,
+    event::{EventReader, EventStats},
     mac::{InsertError, MAC_TABLE_MAX_ENTRIES, MacTable},
     map_names,
 };
@@ -34,6 +35,8 @@ pub struct GuardMaps {
     pub rules_v6: LpmTrie<MapData, [u8; 16], RuleValue>,
     pub counters: PerCpuArray<MapData, Counter>,
     pub rule_hits: Array<MapData, u64>,
+    pub event_lease: Array<MapData, EventReader>,
+    pub event_stats: PerCpuArray<MapData, EventStats>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -64,6 +67,8 @@ impl GuardMaps {
             rules_v6: typed(map_names::RULES_V6, take(map_names::RULES_V6)?)?,
             counters: typed(map_names::COUNTERS, take(map_names::COUNTERS)?)?,
             rule_hits: typed(map_names::RULE_HITS, take(map_names::RULE_HITS)?)?,
+            event_lease: typed(map_names::EVENT_LEASE, take(map_names::EVENT_LEASE)?)?,
+            event_stats: typed(map_names::EVENT_STATS, take(map_names::EVENT_STATS)?)?,
         })
     }
 
@@ -82,25 +87,45 @@ impl GuardMaps {
             rules_v6: typed(map_names::RULES_V6, open(map_names::RULES_V6)?)?,
             counters: typed(map_names::COUNTERS, open(map_names::COUNTERS)?)?,
             rule_hits: typed(map_names::RULE_HITS, open(map_names::RULE_HITS)?)?,
+            event_lease: typed(map_names::EVENT_LEASE, open(map_names::EVENT_LEASE)?)?,
+            event_stats: typed(map_names::EVENT_STATS, open(map_names::EVENT_STATS)?)?,
         })
     }
 
-    pub fn flags(&self) -> Result<u32> {
-        Ok(self
-            .config
+    pub fn config(&self) -> Result<GlobalConfig> {
+        self.config
             .get(&0, 0)
-            .map_err(|e| GuardError::map(map_names::CONFIG, e))?
-            .flags)
+            .map_err(|e| GuardError::map(map_names::CONFIG, e))
     }
 
-    pub fn set_flags(&mut self, flags: u32) -> Result<()> {
-        let cfg = GlobalConfig {
-            flags,
-            ..GlobalConfig::default()
-        };
+    pub fn set_config(&mut self, cfg: GlobalConfig) -> Result<()> {
         self.config
             .set(0, cfg, 0)
             .map_err(|e| GuardError::map(map_names::CONFIG, e))
+    }
+
+    /// Holds (or, with 0, gives up) the event reader lease: the datapath makes events while
+    /// `bpf_ktime_get_ns()` is below `until_ns`. Only readers write this entry, never the
+    /// agent's configuration writes, so a reader cannot race a policy change.
+    pub fn set_event_lease(&mut self, until_ns: u64) -> Result<()> {
+        self.event_lease
+            .set(0, EventReader { until_ns }, 0)
+            .map_err(|e| GuardError::map(map_names::EVENT_LEASE, e))
+    }
+
+    /// Event accounting, summed over CPUs.
+    pub fn event_stats(&self) -> Result<EventStats> {
+        let per_cpu = self
+            .event_stats
+            .get(&0, 0)
+            .map_err(|e| GuardError::map(map_names::EVENT_STATS, e))?;
+        let mut sum = EventStats::default();
+        for s in per_cpu.iter() {
+            sum.sampled += s.sampled;
+            sum.suppressed += s.suppressed;
+            sum.lost += s.lost;
+        }
+        Ok(sum)
     }
 
     pub fn port(&self, ifindex: u32) -> Result<PortConfig> {

@@ -89,6 +89,10 @@ pub struct Options {
     pub extra_macs: Vec<String>,
     /// Ports in monitor mode while the rest enforce.
     pub monitor_ports: Vec<String>,
+    /// Most drop events per second per port; `None` is the default
+    /// (`guard_common::event::DEFAULT_EVENT_RATE`), 0 turns events off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_rate: Option<u32>,
     pub config_file: Option<PathBuf>,
 }
 

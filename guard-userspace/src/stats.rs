@@ -52,6 +52,19 @@ pub struct RuleHits {
     pub hits: u64,
 }
 
+/// Drop-event accounting of a bridge (see `guard_common::event::EventStats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventCounts {
+    /// Events written to the ring buffer.
+    pub sampled: u64,
+    /// Events over the per-port rate (not written).
+    pub suppressed: u64,
+    /// Events that found the ring buffer full.
+    pub lost: u64,
+    /// The configured events per second per port (0: off).
+    pub rate_limit: u32,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BridgeStats {
     pub bridge: String,
@@ -61,6 +74,7 @@ pub struct BridgeStats {
     pub unregistered: PortStats,
     pub totals: PortStats,
     pub rules: Vec<RuleHits>,
+    pub events: EventCounts,
 }
 
 fn port_stats(name: String, ifindex: u32, slot: u32, mode: String, row: &[Counter]) -> PortStats {
@@ -129,7 +143,15 @@ pub fn collect(loc: &Location) -> Result<BridgeStats> {
             hits: maps.rule_hits(v.rule_id)?,
         });
     }
+    let ev = maps.event_stats()?;
+    let events = EventCounts {
+        sampled: ev.sampled,
+        suppressed: ev.suppressed,
+        lost: ev.lost,
+        rate_limit: maps.config()?.event_rate,
+    };
     Ok(BridgeStats {
+        events,
         bridge: loc.bridge.clone(),
         netns: loc.netns.clone(),
         ports,

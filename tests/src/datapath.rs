@@ -313,7 +313,10 @@ fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
         0,
         GlobalConfig {
             flags,
-            reserved: [0; 3],
+            // No event reader in a test run: events stay off (they never change verdicts
+            // or counters, docs/observe.md).
+            event_rate: 0,
+            reserved: [0; 2],
         },
         0,
     )?;

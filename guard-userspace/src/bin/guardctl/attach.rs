@@ -47,6 +47,10 @@ pub struct AttachArgs {
     /// Treat this MAC as the host's too (repeatable).
     #[arg(long, value_name = "MAC")]
     pub host_mac: Vec<String>,
+    /// Most drop events per second per port that the datapath describes to a reader
+    /// (`guardctl events`, `top`); 0 turns events off. Default 100.
+    #[arg(long, value_name = "N")]
+    pub event_rate: Option<u32>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -75,6 +79,9 @@ pub fn options(a: &AttachArgs) -> Result<Options> {
     o.strict_mac |= a.strict_mac;
     o.monitor_ports.extend(a.monitor_port.iter().cloned());
     o.extra_macs.extend(a.host_mac.iter().cloned());
+    if a.event_rate.is_some() {
+        o.event_rate = a.event_rate;
+    }
     for p in &a.protect {
         o.protect.push(parse_protect(p, "cli")?);
     }

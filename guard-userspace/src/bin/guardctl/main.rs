@@ -8,11 +8,15 @@ mod attach;
 mod audit;
 mod config;
 mod detach;
+mod events;
+mod metrics;
 mod output;
+mod ports;
 mod rules;
 mod run;
 mod stats;
 mod status;
+mod top;
 
 use std::process::ExitCode;
 
@@ -47,6 +51,11 @@ enum Command {
     Status(status::StatusArgs),
     /// Show counters per port and reason, totals, and rule hits.
     Stats(stats::StatsArgs),
+    /// Stream sampled drop events (port/VM, addresses, reason, rule) as lines, JSON lines or
+    /// a pcap file, until interrupted (or --count/--timeout).
+    Events(events::EventsArgs),
+    /// Live terminal view: drop rates per port and reason, top offenders, recent events.
+    Top(top::TopArgs),
     /// List or change the policy of an attached bridge, live.
     Rules(rules::RulesArgs),
     /// The agent: attach, then follow the bridge (ports that come and go, host MAC and
@@ -122,6 +131,8 @@ fn real_main(cli: &Cli) -> Result<ExitCode> {
             Command::Status(a) => status::run(cli, a),
             Command::Stats(a) => stats::run(cli, a).await,
             Command::Rules(a) => rules::run(cli, a).await,
+            Command::Events(a) => events::run(cli, a).await,
+            Command::Top(a) => top::run(cli, a).await,
             Command::Run(a) => run::run(cli, a).await,
             Command::Config(a) => Ok(config::run(a)),
             Command::Audit(a) => audit::run(cli, a).await,

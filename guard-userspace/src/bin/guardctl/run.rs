@@ -24,6 +24,9 @@ use crate::{Cli, attach::AttachArgs, output};
 pub struct RunArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. 127.0.0.1:9477).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 // rtnetlink multicast groups (linux/rtnetlink.h).
@@ -63,8 +66,29 @@ pub async fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
     }
     tokio::spawn(conn);
 
+    // Bind before attaching: a taken port fails the agent before it changes anything.
+    let server = match a.metrics {
+        Some(addr) => Some(
+            tiny_http::Server::http(addr)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("serving metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let mut guard = crate::attach::attach(cli, &a.attach).await?;
     print!("{}", output::describe(&guard.loc, &guard.state));
+    if let Some(server) = server {
+        let loc = guard.loc.clone();
+        // A plain thread: tiny_http blocks, and scrapes must not stall the netlink loop. It
+        // inherits the network namespace (setns happened before any thread was started).
+        std::thread::Builder::new()
+            .name("metrics".to_owned())
+            .spawn(move || crate::metrics::serve(&server, &loc))
+            .context("starting the metrics thread")?;
+        if let Some(addr) = a.metrics {
+            println!("guard: metrics at http://{addr}/metrics");
+        }
+    }
     println!("guard: agent following {bridge}; SIGTERM/SIGINT leave enforcement in place");
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -58,6 +58,11 @@ fn render(all: &[BridgeStats], prev: Option<(&Flat, f64)>) -> String {
             b.totals.dropped.bytes,
             b.totals.monitored.packets
         );
+        let _ = writeln!(
+            s,
+            "  events: {} sampled, {} over the rate limit, {} lost (limit {}/s/port)",
+            b.events.sampled, b.events.suppressed, b.events.lost, b.events.rate_limit
+        );
         let rate_hdr = if prev.is_some() { "     PPS" } else { "" };
         let _ = writeln!(
             s,

@@ -1,0 +1,212 @@
+//! Prometheus exposition of what `guardctl stats --json` reports, built fresh from the maps on
+//! every scrape (so a scrape and `stats --json` read the same counters, and nothing is cached
+//! that could drift).
+//!
+//! `prometheus-client` (the Prometheus project's Rust client) writes the text format: HELP and
+//! TYPE lines, label escaping and the `_total` suffix of counters are its job, not ours.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{policy::Action, state::State, stats::BridgeStats};
+
+/// Everything a scrape shows about one attached bridge.
+pub struct BridgeMetrics<'a> {
+    pub stats: &'a BridgeStats,
+    pub state: &'a State,
+    /// Kernel ids of the pinned programs, if they could be read.
+    pub xdp_prog_id: Option<u32>,
+    pub tc_prog_id: Option<u32>,
+    /// Port name -> owning libvirt domain.
+    pub vms: &'a BTreeMap<String, String>,
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The metric families of one scrape.
+struct Families {
+    packets: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    hits: Family<Labels, Counter>,
+    ports: Family<Labels, Gauge>,
+    sampled: Family<Labels, Counter>,
+    suppressed: Family<Labels, Counter>,
+    lost: Family<Labels, Counter>,
+    info: Family<Labels, Gauge>,
+    prefixes: Family<Labels, Gauge>,
+    event_rate: Family<Labels, Gauge>,
+}
+
+impl Families {
+    fn register(reg: &mut Registry) -> Self {
+        let f = Self {
+            packets: Family::default(),
+            bytes: Family::default(),
+            hits: Family::default(),
+            ports: Family::default(),
+            sampled: Family::default(),
+            suppressed: Family::default(),
+            lost: Family::default(),
+            info: Family::default(),
+            prefixes: Family::default(),
+            event_rate: Family::default(),
+        };
+        reg.register(
+            "guard_packets",
+            "Frames judged, by bridge, port, VM and reason (drop, monitor and pass reasons)",
+            f.packets.clone(),
+        );
+        reg.register(
+            "guard_bytes",
+            "Bytes of the frames judged, by bridge, port, VM and reason",
+            f.bytes.clone(),
+        );
+        reg.register(
+            "guard_rule_hits",
+            "Frames a prefix rule decided (drop or monitor)",
+            f.hits.clone(),
+        );
+        reg.register(
+            "guard_attached_ports",
+            "Interfaces hooked on the bridge",
+            f.ports.clone(),
+        );
+        reg.register(
+            "guard_events_sampled",
+            "Drop events written to the ring buffer",
+            f.sampled.clone(),
+        );
+        reg.register(
+            "guard_events_suppressed",
+            "Drop events over the per-port rate limit (not written)",
+            f.suppressed.clone(),
+        );
+        reg.register(
+            "guard_events_lost",
+            "Drop events lost to a full ring buffer (reader too slow)",
+            f.lost.clone(),
+        );
+        reg.register(
+            "guard_info",
+            "The program and policy in force (value 1)",
+            f.info.clone(),
+        );
+        reg.register(
+            "guard_policy_prefixes",
+            "Prefixes in the policy, by action",
+            f.prefixes.clone(),
+        );
+        reg.register(
+            "guard_event_rate_limit",
+            "Most drop events per second per port (0: events off)",
+            f.event_rate.clone(),
+        );
+        f
+    }
+
+    fn add(&self, b: &BridgeMetrics<'_>) {
+        let s = b.stats;
+        let bridge = s.bridge.as_str();
+        for p in s.ports.iter().chain(std::iter::once(&s.unregistered)) {
+            let vm = b.vms.get(&p.name).map_or("", String::as_str);
+            for (reason, c) in &p.reasons {
+                let l = labels(&[
+                    ("bridge", bridge),
+                    ("port", &p.name),
+                    ("vm", vm),
+                    ("reason", reason),
+                ]);
+                self.packets.get_or_create(&l).inc_by(c.packets);
+                self.bytes.get_or_create(&l).inc_by(c.bytes);
+            }
+        }
+        for r in &s.rules {
+            self.hits
+                .get_or_create(&labels(&[
+                    ("bridge", bridge),
+                    ("prefix", &r.prefix),
+                    ("class", &r.class),
+                    ("action", action_name(r.action)),
+                    ("rule_id", &r.rule_id.to_string()),
+                ]))
+                .inc_by(r.hits);
+        }
+        let only_bridge = labels(&[("bridge", bridge)]);
+        self.ports
+            .get_or_create(&only_bridge)
+            .set(i64::try_from(s.ports.len()).unwrap_or(i64::MAX));
+        self.sampled
+            .get_or_create(&only_bridge)
+            .inc_by(s.events.sampled);
+        self.suppressed
+            .get_or_create(&only_bridge)
+            .inc_by(s.events.suppressed);
+        self.lost.get_or_create(&only_bridge).inc_by(s.events.lost);
+        self.event_rate
+            .get_or_create(&only_bridge)
+            .set(i64::from(s.events.rate_limit));
+        let o = &b.state.options;
+        let id = |v: Option<u32>| v.map_or_else(String::new, |i| i.to_string());
+        self.info
+            .get_or_create(&labels(&[
+                ("bridge", bridge),
+                ("netns", b.state.netns.as_deref().unwrap_or("")),
+                ("object_id", &b.state.object_id),
+                ("hook", &o.hook),
+                ("mode", if o.monitor { "monitor" } else { "enforce" }),
+                ("xdp_prog_id", &id(b.xdp_prog_id)),
+                ("tc_prog_id", &id(b.tc_prog_id)),
+            ]))
+            .set(1);
+        for action in [Action::Deny, Action::Allow] {
+            let n = b
+                .state
+                .policy
+                .rules
+                .iter()
+                .filter(|r| r.action == action)
+                .count();
+            self.prefixes
+                .get_or_create(&labels(&[
+                    ("bridge", bridge),
+                    ("action", action_name(action)),
+                ]))
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+const fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+    }
+}
+
+/// Renders the metrics of `bridges` in the `OpenMetrics` text format (which Prometheus
+/// scrapes).
+pub fn render(bridges: &[BridgeMetrics<'_>]) -> Result<String, std::fmt::Error> {
+    let mut reg = Registry::default();
+    let families = Families::register(&mut reg);
+    for b in bridges {
+        families.add(b);
+    }
+    let mut out = String::new();
+    encode(&mut out, &reg)?;
+    Ok(out)
+}

@@ -28,7 +28,7 @@ use guard::pins::Location;
 /// storage networks, on every port of a guest bridge (XDP, or TC), before the bridge sees
 /// them. Enforcement stays pinned in the kernel when guardctl exits.
 #[derive(Parser)]
-#[command(name = "guardctl", version, about, long_about = None)]
+#[command(name = "guardctl", version)]
 struct Cli {
     /// Operate on a bridge inside the named network namespace (/run/netns/NAME), like
     /// `ip -n`. Pins stay in this host's bpffs under /sys/fs/bpf/guard/NAME/.

@@ -29,7 +29,7 @@ pub struct AttachArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Hook: xdp (native; a port that refuses it falls back to generic XDP, then TCX, then
-    /// tc, and says why), xdp-generic, tcx, or tc (a cls_bpf filter, for kernels before 6.6).
+    /// tc, and says why), xdp-generic, tcx, or tc (a `cls_bpf` filter, for kernels before 6.6).
     #[arg(long, value_name = "HOOK")]
     pub hook: Option<String>,
     /// Also hook TC ingress on the bridge device (defence in depth: it sees every

@@ -188,9 +188,11 @@ const RT_PRIORITY: libc::c_int = 10;
 
 /// Makes the calling thread `SCHED_FIFO` at [`RT_PRIORITY`].
 fn make_realtime() -> Result<()> {
-    let param = libc::sched_param {
-        sched_priority: RT_PRIORITY,
-    };
+    // Zeroed, then the priority: musl's `sched_param` has more (reserved) fields than
+    // glibc's, and this lib is also built for musl (guard-vmcheck in the test VMs).
+    // SAFETY: `sched_param` is plain integers; all-zero is a valid value.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = RT_PRIORITY;
     // SAFETY: `param` is a valid sched_param for the call.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
     ensure!(

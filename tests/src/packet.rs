@@ -44,6 +44,13 @@ pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_NEIGHBOUR_SOLICITATION: u8 = 135;
 pub const ICMPV6_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 
+/// ARP operations.
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
+
+/// Shortest Ethernet frame without FCS (what a NIC pads to).
+pub const ETH_MIN_LEN: usize = 60;
+
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// The Ethernet multicast MAC of an IPv6 multicast address (RFC 2464: `33:33` + low 32 bits).
@@ -67,6 +74,14 @@ pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
 pub struct VlanTag {
     pub tpid: u16,
     pub tci: u16,
+}
+
+impl VlanTag {
+    /// A priority tag: VLAN ID 0, priority 0 (IEEE 802.1Q "priority-tagged frame").
+    #[must_use]
+    pub const fn priority(tpid: u16) -> Self {
+        Self { tpid, tci: 0 }
+    }
 }
 
 /// What follows the Ethernet header (and its tags).
@@ -289,7 +304,31 @@ pub enum Upper {
     Raw { proto: u8, bytes: Vec<u8> },
 }
 
+/// An ICMP echo request message on its own, as a raw ICMP socket sends it: IPv4 type 8 with
+/// its checksum, or `ICMPv6` type 128, whose checksum the kernel fills in for raw `ICMPv6`
+/// sockets (RFC 3542 3.1).
+#[must_use]
+pub fn icmp_echo(v6: bool, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let no_pseudo_header = |_: u8, _: usize| Vec::new();
+    Upper::echo_request(v6, id, seq, payload).encode(
+        (!v6).then_some(&no_pseudo_header as &dyn Fn(u8, usize) -> Vec<u8>),
+        v6,
+    )
+}
+
 impl Upper {
+    /// An ICMP (or, with `v6`, `ICMPv6`) echo request.
+    fn echo_request(v6: bool, id: u16, seq: u16, payload: &[u8]) -> Self {
+        let mut body = id.to_be_bytes().to_vec();
+        body.extend_from_slice(&seq.to_be_bytes());
+        body.extend_from_slice(payload);
+        Upper::Icmp {
+            kind: if v6 { ICMPV6_ECHO_REQUEST } else { 8 },
+            code: 0,
+            body,
+        }
+    }
+
     fn proto(&self, v6: bool) -> u8 {
         match self {
             Upper::Udp { .. } => IPPROTO_UDP,
@@ -428,13 +467,7 @@ impl Ipv4 {
     /// An ICMP echo request.
     #[must_use]
     pub fn icmp_echo(mut self, id: u16, seq: u16) -> Self {
-        let mut body = id.to_be_bytes().to_vec();
-        body.extend_from_slice(&seq.to_be_bytes());
-        self.upper = Upper::Icmp {
-            kind: 8,
-            code: 0,
-            body,
-        };
+        self.upper = Upper::echo_request(false, id, seq, &[]);
         self
     }
 
@@ -869,7 +902,7 @@ impl Arp {
             ptype: ETH_P_IPV4,
             hlen: 6,
             plen: 4,
-            op: 1,
+            op: ARP_REQUEST,
             sha,
             spa: spa.into(),
             tha: [0; 6],
@@ -886,7 +919,7 @@ impl Arp {
         tpa: impl Into<Ipv4Addr>,
     ) -> Self {
         Self {
-            op: 2,
+            op: ARP_REPLY,
             tha,
             ..Self::request(sha, spa, tpa)
         }
@@ -998,6 +1031,46 @@ mod tests {
         ph.extend_from_slice(&((b.len() - 68) as u32).to_be_bytes());
         ph.extend_from_slice(&[0, 0, 0, 58]);
         assert_eq!(checksum(&[&ph, &b[68..]]), 0);
+    }
+
+    #[test]
+    fn ipv4_header_checksum_verifies() {
+        let p = Ipv4::new([192, 168, 50, 11], [10, 10, 0, 2])
+            .udp(1, 2, b"x")
+            .build();
+        assert_eq!(checksum(&[&p[..20]]), 0);
+        assert_eq!(p.len(), 29);
+    }
+
+    #[test]
+    fn solicited_node_matches_rfc_example() {
+        let a: Ipv6Addr = "fd00:10::1".parse().expect("literal");
+        assert_eq!(
+            solicited_node(a),
+            "ff02::1:ff00:1".parse::<Ipv6Addr>().expect("literal")
+        );
+        assert_eq!(
+            ipv6_multicast_mac(solicited_node(a)),
+            [0x33, 0x33, 0xff, 0, 0, 1]
+        );
+    }
+
+    #[test]
+    fn tagged_frame_layout() {
+        let f = Eth {
+            tags: vec![
+                VlanTag::priority(ETH_P_8021AD),
+                VlanTag::priority(ETH_P_8021Q),
+            ],
+            ..Eth::new(BROADCAST, [2, 0, 0, 0, 0, 1])
+        }
+        .raw(ETH_P_IPV4, &[0x45])
+        .pad_to(ETH_MIN_LEN)
+        .build();
+        assert_eq!(&f[12..14], &[0x88, 0xa8]);
+        assert_eq!(&f[16..18], &[0x81, 0x00]);
+        assert_eq!(&f[20..22], &[0x08, 0x00]);
+        assert_eq!(f.len(), 60);
     }
 
     #[test]

@@ -310,10 +310,63 @@ pub enum Upper {
 #[must_use]
 pub fn icmp_echo(v6: bool, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     let no_pseudo_header = |_: u8, _: usize| Vec::new();
-    Upper::echo_request(v6, id, seq, payload).encode(
-        (!v6).then_some(&no_pseudo_header as &dyn Fn(u8, usize) -> Vec<u8>),
-        v6,
-    )
+    Upper::echo_request(v6, id, seq, payload).encode((!v6).then_some(no_pseudo_header), v6)
+}
+
+impl Default for Upper {
+    /// An empty UDP datagram from port 40000 to 9 (discard).
+    fn default() -> Self {
+        Upper::Udp {
+            sport: 40000,
+            dport: 9,
+            data: Vec::new(),
+        }
+    }
+}
+
+/// The setters [`Ipv4`] and [`Ipv6`] share: the upper layer, and the version override.
+macro_rules! shared_ip_setters {
+    () => {
+        /// A UDP datagram.
+        #[must_use]
+        pub fn udp(mut self, sport: u16, dport: u16, data: &[u8]) -> Self {
+            self.upper = Upper::Udp {
+                sport,
+                dport,
+                data: data.to_vec(),
+            };
+            self
+        }
+
+        /// A TCP segment; `flags` 0x02 is a SYN.
+        #[must_use]
+        pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
+            self.upper = Upper::Tcp {
+                sport,
+                dport,
+                flags,
+                data: Vec::new(),
+            };
+            self
+        }
+
+        /// Opaque upper layer with protocol (IPv6: next-header) number `proto`.
+        #[must_use]
+        pub fn payload(mut self, proto: u8, bytes: &[u8]) -> Self {
+            self.upper = Upper::Raw {
+                proto,
+                bytes: bytes.to_vec(),
+            };
+            self
+        }
+
+        /// Overrides the version nibble.
+        #[must_use]
+        pub fn version(mut self, v: u8) -> Self {
+            self.version = Some(v);
+            self
+        }
+    };
 }
 
 impl Upper {
@@ -341,7 +394,7 @@ impl Upper {
 
     /// Encodes the payload; `pseudo` is the pseudo-header for UDP, TCP and ICMPv6 (ICMP on
     /// IPv4 has none) or `None` to leave checksums at zero (a fragment of a larger datagram).
-    fn encode(&self, pseudo: Option<&dyn Fn(u8, usize) -> Vec<u8>>, v6: bool) -> Vec<u8> {
+    fn encode(&self, pseudo: Option<impl Fn(u8, usize) -> Vec<u8>>, v6: bool) -> Vec<u8> {
         let (mut b, csum_at) = match self {
             Upper::Udp { sport, dport, data } => {
                 let mut b = Vec::with_capacity(8 + data.len());
@@ -418,6 +471,8 @@ pub struct Ipv4 {
 }
 
 impl Ipv4 {
+    shared_ip_setters!();
+
     /// A UDP packet with no data from `src` to `dst` (change it with the payload methods).
     #[must_use]
     pub fn new(src: impl Into<Ipv4Addr>, dst: impl Into<Ipv4Addr>) -> Self {
@@ -430,11 +485,7 @@ impl Ipv4 {
             more_fragments: false,
             frag_offset: 0,
             options: Vec::new(),
-            upper: Upper::Udp {
-                sport: 40000,
-                dport: 9,
-                data: Vec::new(),
-            },
+            upper: Upper::default(),
             version: None,
             ihl: None,
             tot_len: None,
@@ -442,42 +493,10 @@ impl Ipv4 {
         }
     }
 
-    #[must_use]
-    pub fn udp(mut self, sport: u16, dport: u16, data: &[u8]) -> Self {
-        self.upper = Upper::Udp {
-            sport,
-            dport,
-            data: data.to_vec(),
-        };
-        self
-    }
-
-    /// A TCP segment; `flags` 0x02 is a SYN.
-    #[must_use]
-    pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
-        self.upper = Upper::Tcp {
-            sport,
-            dport,
-            flags,
-            data: Vec::new(),
-        };
-        self
-    }
-
     /// An ICMP echo request.
     #[must_use]
     pub fn icmp_echo(mut self, id: u16, seq: u16) -> Self {
         self.upper = Upper::echo_request(false, id, seq, &[]);
-        self
-    }
-
-    /// Opaque payload with protocol number `proto`.
-    #[must_use]
-    pub fn payload(mut self, proto: u8, bytes: &[u8]) -> Self {
-        self.upper = Upper::Raw {
-            proto,
-            bytes: bytes.to_vec(),
-        };
         self
     }
 
@@ -494,13 +513,6 @@ impl Ipv4 {
     pub fn fragment(mut self, offset_units: u16, more: bool) -> Self {
         self.frag_offset = offset_units & 0x1fff;
         self.more_fragments = more;
-        self
-    }
-
-    /// Overrides the version nibble.
-    #[must_use]
-    pub fn version(mut self, v: u8) -> Self {
-        self.version = Some(v);
         self
     }
 
@@ -542,10 +554,7 @@ impl Ipv4 {
             p
         };
         let first = self.frag_offset == 0;
-        let payload = self.upper.encode(
-            first.then_some(&pseudo as &dyn Fn(u8, usize) -> Vec<u8>),
-            false,
-        );
+        let payload = self.upper.encode(first.then_some(pseudo), false);
         let total = self.tot_len.unwrap_or((hlen + payload.len()) as u16);
         let ihl = self.ihl.unwrap_or((hlen / 4) as u8);
         let version = self.version.unwrap_or(4);
@@ -679,6 +688,8 @@ pub struct Ipv6 {
 }
 
 impl Ipv6 {
+    shared_ip_setters!();
+
     /// A UDP packet with no data from `src` to `dst`.
     #[must_use]
     pub fn new(src: impl Into<Ipv6Addr>, dst: impl Into<Ipv6Addr>) -> Self {
@@ -687,11 +698,7 @@ impl Ipv6 {
             dst: dst.into(),
             hop_limit: 64,
             exts: Vec::new(),
-            upper: Upper::Udp {
-                sport: 40000,
-                dport: 9,
-                data: Vec::new(),
-            },
+            upper: Upper::default(),
             version: None,
             payload_len: None,
             next_header: None,
@@ -746,37 +753,6 @@ impl Ipv6 {
         self
     }
 
-    #[must_use]
-    pub fn udp(mut self, sport: u16, dport: u16, data: &[u8]) -> Self {
-        self.upper = Upper::Udp {
-            sport,
-            dport,
-            data: data.to_vec(),
-        };
-        self
-    }
-
-    #[must_use]
-    pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
-        self.upper = Upper::Tcp {
-            sport,
-            dport,
-            flags,
-            data: Vec::new(),
-        };
-        self
-    }
-
-    /// Opaque upper layer with next-header `proto`.
-    #[must_use]
-    pub fn payload(mut self, proto: u8, bytes: &[u8]) -> Self {
-        self.upper = Upper::Raw {
-            proto,
-            bytes: bytes.to_vec(),
-        };
-        self
-    }
-
     /// Appends an extension header (after those so far).
     #[must_use]
     pub fn ext(mut self, ext: Ext) -> Self {
@@ -814,12 +790,6 @@ impl Ipv6 {
     }
 
     #[must_use]
-    pub fn version(mut self, v: u8) -> Self {
-        self.version = Some(v);
-        self
-    }
-
-    #[must_use]
     pub fn payload_len(mut self, len: u16) -> Self {
         self.payload_len = Some(len);
         self
@@ -848,10 +818,7 @@ impl Ipv6 {
             .exts
             .iter()
             .any(|e| matches!(e, Ext::Fragment { offset_units, .. } if *offset_units != 0));
-        let upper = self.upper.encode(
-            first.then_some(&pseudo as &dyn Fn(u8, usize) -> Vec<u8>),
-            true,
-        );
+        let upper = self.upper.encode(first.then_some(pseudo), true);
         let mut rest = Vec::new();
         for (i, e) in self.exts.iter().enumerate() {
             let next = self

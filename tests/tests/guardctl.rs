@@ -482,6 +482,17 @@ fn wait_denied(host: &str, port: &str, at_least: u64, what: &str) -> u64 {
     })
 }
 
+/// Where the stream tests start: the base lab, its host namespace, a pin scope there, g1's
+/// host-side port, and the bridge's pin location.
+fn stream_lab() -> (Lab, String, PinScope, String, Location) {
+    let lab = Lab::build(Variant::Base).expect("build the lab");
+    let host = lab.ns(Role::Host).to_owned();
+    let pins = PinScope::new(&host).expect("pin scope");
+    let port = lab.port(Role::G1).expect("g1").host.name.clone();
+    let loc = Location::new(Some(&host), addr::BRIDGE);
+    (lab, host, pins, port, loc)
+}
+
 /// Stops `stream` and checks that none of its frames was delivered (else `leaked`) and that
 /// the denials on `port` in `host` rose by exactly the frames sent (else `misjudged`), from
 /// `base` before the stream.
@@ -519,11 +530,7 @@ fn teardown(lab: Lab) {
 fn reattach_under_attack_stream() {
     let _serial = serial();
     let gctl = require_root();
-    let lab = Lab::build(Variant::Base).expect("build the lab");
-    let host = lab.ns(Role::Host).to_owned();
-    let pins = PinScope::new(&host).expect("pin scope");
-    let port = lab.port(Role::G1).expect("g1").host.name.clone();
-    let loc = Location::new(Some(&host), addr::BRIDGE);
+    let (lab, host, pins, port, loc) = stream_lab();
 
     gctl.ok(Some(&host), &["attach", addr::BRIDGE])
         .expect("attach");
@@ -582,11 +589,7 @@ fn reattach_under_attack_stream() {
 fn agent_survives_sigkill_and_adopts() {
     let _serial = serial();
     let gctl = require_root();
-    let lab = Lab::build(Variant::Base).expect("build the lab");
-    let host = lab.ns(Role::Host).to_owned();
-    let pins = PinScope::new(&host).expect("pin scope");
-    let port = lab.port(Role::G1).expect("g1").host.name.clone();
-    let loc = Location::new(Some(&host), addr::BRIDGE);
+    let (lab, host, pins, port, loc) = stream_lab();
 
     let mut agent = Agent::start(&gctl, &host);
     let rss = agent.rss_kib();

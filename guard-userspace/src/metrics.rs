@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 use crate::{policy::Action, state::State, stats::BridgeStats};
@@ -38,7 +38,17 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The metric families of one scrape.
+/// A new metric family, registered under `name`.
+fn family<M>(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, M>
+where
+    Family<Labels, M>: Metric + Clone + Default,
+{
+    let f = Family::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+/// The metric families of one scrape (registered, and so written, in this order).
 struct Families {
     packets: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
@@ -54,69 +64,58 @@ struct Families {
 
 impl Families {
     fn register(reg: &mut Registry) -> Self {
-        let f = Self {
-            packets: Family::default(),
-            bytes: Family::default(),
-            hits: Family::default(),
-            ports: Family::default(),
-            sampled: Family::default(),
-            suppressed: Family::default(),
-            lost: Family::default(),
-            info: Family::default(),
-            prefixes: Family::default(),
-            event_rate: Family::default(),
-        };
-        reg.register(
-            "guard_packets",
-            "Frames judged, by bridge, port, VM and reason (drop, monitor and pass reasons)",
-            f.packets.clone(),
-        );
-        reg.register(
-            "guard_bytes",
-            "Bytes of the frames judged, by bridge, port, VM and reason",
-            f.bytes.clone(),
-        );
-        reg.register(
-            "guard_rule_hits",
-            "Frames a prefix rule decided (drop or monitor)",
-            f.hits.clone(),
-        );
-        reg.register(
-            "guard_attached_ports",
-            "Interfaces hooked on the bridge",
-            f.ports.clone(),
-        );
-        reg.register(
-            "guard_events_sampled",
-            "Drop events written to the ring buffer",
-            f.sampled.clone(),
-        );
-        reg.register(
-            "guard_events_suppressed",
-            "Drop events over the per-port rate limit (not written)",
-            f.suppressed.clone(),
-        );
-        reg.register(
-            "guard_events_lost",
-            "Drop events lost to a full ring buffer (reader too slow)",
-            f.lost.clone(),
-        );
-        reg.register(
-            "guard_info",
-            "The program and policy in force (value 1)",
-            f.info.clone(),
-        );
-        reg.register(
-            "guard_policy_prefixes",
-            "Prefixes in the policy, by action",
-            f.prefixes.clone(),
-        );
-        reg.register(
-            "guard_event_rate_limit",
-            "Most drop events per second per port (0: events off)",
-            f.event_rate.clone(),
-        );
-        f
+        Self {
+            packets: family(
+                reg,
+                "guard_packets",
+                "Frames judged, by bridge, port, VM and reason (drop, monitor and pass reasons)",
+            ),
+            bytes: family(
+                reg,
+                "guard_bytes",
+                "Bytes of the frames judged, by bridge, port, VM and reason",
+            ),
+            hits: family(
+                reg,
+                "guard_rule_hits",
+                "Frames a prefix rule decided (drop or monitor)",
+            ),
+            ports: family(
+                reg,
+                "guard_attached_ports",
+                "Interfaces hooked on the bridge",
+            ),
+            sampled: family(
+                reg,
+                "guard_events_sampled",
+                "Drop events written to the ring buffer",
+            ),
+            suppressed: family(
+                reg,
+                "guard_events_suppressed",
+                "Drop events over the per-port rate limit (not written)",
+            ),
+            lost: family(
+                reg,
+                "guard_events_lost",
+                "Drop events lost to a full ring buffer (reader too slow)",
+            ),
+            info: family(
+                reg,
+                "guard_info",
+                "The program and policy in force (value 1)",
+            ),
+            prefixes: family(
+                reg,
+                "guard_policy_prefixes",
+                "Prefixes in the policy, by action",
+            ),
+            event_rate: family(
+                reg,
+                "guard_event_rate_limit",
+                "Most drop events per second per port (0: events off)",
+            ),
+        }
     }
 
     fn add(&self, b: &BridgeMetrics<'_>) {

@@ -8,10 +8,12 @@
 //!   same input;
 //! - [`lab`]: a libvirt-like host built from namespaces, bridges and veths, the attack
 //!   generator and the legitimate flows (shared by the tests and `guard-lab demo`);
-//! - [`bench`]: `guard-bench`, guard against the floor, xdp-filter and nftables.
+//! - [`bench`]: `guard-bench`, guard against the floor, xdp-filter and nftables;
+//! - [`rng`]: the seedable generator of the randomised tests and synthetic policies.
 
 pub mod bench;
 pub mod cases;
 pub mod datapath;
 pub mod lab;
 pub mod packet;
+pub mod rng;

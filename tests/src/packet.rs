@@ -44,6 +44,13 @@ pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_NEIGHBOUR_SOLICITATION: u8 = 135;
 pub const ICMPV6_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 
+/// ARP operations.
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
+
+/// Shortest Ethernet frame without FCS (what a NIC pads to).
+pub const ETH_MIN_LEN: usize = 60;
+
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// The Ethernet multicast MAC of an IPv6 multicast address (RFC 2464: `33:33` + low 32 bits).
@@ -67,6 +74,14 @@ pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
 pub struct VlanTag {
     pub tpid: u16,
     pub tci: u16,
+}
+
+impl VlanTag {
+    /// A priority tag: VLAN ID 0, priority 0 (IEEE 802.1Q "priority-tagged frame").
+    #[must_use]
+    pub const fn priority(tpid: u16) -> Self {
+        Self { tpid, tci: 0 }
+    }
 }
 
 /// What follows the Ethernet header (and its tags).
@@ -289,7 +304,84 @@ pub enum Upper {
     Raw { proto: u8, bytes: Vec<u8> },
 }
 
+/// An ICMP echo request message on its own, as a raw ICMP socket sends it: IPv4 type 8 with
+/// its checksum, or `ICMPv6` type 128, whose checksum the kernel fills in for raw `ICMPv6`
+/// sockets (RFC 3542 3.1).
+#[must_use]
+pub fn icmp_echo(v6: bool, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let no_pseudo_header = |_: u8, _: usize| Vec::new();
+    Upper::echo_request(v6, id, seq, payload).encode((!v6).then_some(no_pseudo_header), v6)
+}
+
+impl Default for Upper {
+    /// An empty UDP datagram from port 40000 to 9 (discard).
+    fn default() -> Self {
+        Upper::Udp {
+            sport: 40000,
+            dport: 9,
+            data: Vec::new(),
+        }
+    }
+}
+
+/// The setters [`Ipv4`] and [`Ipv6`] share: the upper layer, and the version override.
+macro_rules! shared_ip_setters {
+    () => {
+        /// A UDP datagram.
+        #[must_use]
+        pub fn udp(mut self, sport: u16, dport: u16, data: &[u8]) -> Self {
+            self.upper = Upper::Udp {
+                sport,
+                dport,
+                data: data.to_vec(),
+            };
+            self
+        }
+
+        /// A TCP segment; `flags` 0x02 is a SYN.
+        #[must_use]
+        pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
+            self.upper = Upper::Tcp {
+                sport,
+                dport,
+                flags,
+                data: Vec::new(),
+            };
+            self
+        }
+
+        /// Opaque upper layer with protocol (IPv6: next-header) number `proto`.
+        #[must_use]
+        pub fn payload(mut self, proto: u8, bytes: &[u8]) -> Self {
+            self.upper = Upper::Raw {
+                proto,
+                bytes: bytes.to_vec(),
+            };
+            self
+        }
+
+        /// Overrides the version nibble.
+        #[must_use]
+        pub fn version(mut self, v: u8) -> Self {
+            self.version = Some(v);
+            self
+        }
+    };
+}
+
 impl Upper {
+    /// An ICMP (or, with `v6`, `ICMPv6`) echo request.
+    fn echo_request(v6: bool, id: u16, seq: u16, payload: &[u8]) -> Self {
+        let mut body = id.to_be_bytes().to_vec();
+        body.extend_from_slice(&seq.to_be_bytes());
+        body.extend_from_slice(payload);
+        Upper::Icmp {
+            kind: if v6 { ICMPV6_ECHO_REQUEST } else { 8 },
+            code: 0,
+            body,
+        }
+    }
+
     fn proto(&self, v6: bool) -> u8 {
         match self {
             Upper::Udp { .. } => IPPROTO_UDP,
@@ -302,7 +394,7 @@ impl Upper {
 
     /// Encodes the payload; `pseudo` is the pseudo-header for UDP, TCP and ICMPv6 (ICMP on
     /// IPv4 has none) or `None` to leave checksums at zero (a fragment of a larger datagram).
-    fn encode(&self, pseudo: Option<&dyn Fn(u8, usize) -> Vec<u8>>, v6: bool) -> Vec<u8> {
+    fn encode(&self, pseudo: Option<impl Fn(u8, usize) -> Vec<u8>>, v6: bool) -> Vec<u8> {
         let (mut b, csum_at) = match self {
             Upper::Udp { sport, dport, data } => {
                 let mut b = Vec::with_capacity(8 + data.len());
@@ -379,6 +471,8 @@ pub struct Ipv4 {
 }
 
 impl Ipv4 {
+    shared_ip_setters!();
+
     /// A UDP packet with no data from `src` to `dst` (change it with the payload methods).
     #[must_use]
     pub fn new(src: impl Into<Ipv4Addr>, dst: impl Into<Ipv4Addr>) -> Self {
@@ -391,11 +485,7 @@ impl Ipv4 {
             more_fragments: false,
             frag_offset: 0,
             options: Vec::new(),
-            upper: Upper::Udp {
-                sport: 40000,
-                dport: 9,
-                data: Vec::new(),
-            },
+            upper: Upper::default(),
             version: None,
             ihl: None,
             tot_len: None,
@@ -403,48 +493,10 @@ impl Ipv4 {
         }
     }
 
-    #[must_use]
-    pub fn udp(mut self, sport: u16, dport: u16, data: &[u8]) -> Self {
-        self.upper = Upper::Udp {
-            sport,
-            dport,
-            data: data.to_vec(),
-        };
-        self
-    }
-
-    /// A TCP segment; `flags` 0x02 is a SYN.
-    #[must_use]
-    pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
-        self.upper = Upper::Tcp {
-            sport,
-            dport,
-            flags,
-            data: Vec::new(),
-        };
-        self
-    }
-
     /// An ICMP echo request.
     #[must_use]
     pub fn icmp_echo(mut self, id: u16, seq: u16) -> Self {
-        let mut body = id.to_be_bytes().to_vec();
-        body.extend_from_slice(&seq.to_be_bytes());
-        self.upper = Upper::Icmp {
-            kind: 8,
-            code: 0,
-            body,
-        };
-        self
-    }
-
-    /// Opaque payload with protocol number `proto`.
-    #[must_use]
-    pub fn payload(mut self, proto: u8, bytes: &[u8]) -> Self {
-        self.upper = Upper::Raw {
-            proto,
-            bytes: bytes.to_vec(),
-        };
+        self.upper = Upper::echo_request(false, id, seq, &[]);
         self
     }
 
@@ -461,13 +513,6 @@ impl Ipv4 {
     pub fn fragment(mut self, offset_units: u16, more: bool) -> Self {
         self.frag_offset = offset_units & 0x1fff;
         self.more_fragments = more;
-        self
-    }
-
-    /// Overrides the version nibble.
-    #[must_use]
-    pub fn version(mut self, v: u8) -> Self {
-        self.version = Some(v);
         self
     }
 
@@ -509,10 +554,7 @@ impl Ipv4 {
             p
         };
         let first = self.frag_offset == 0;
-        let payload = self.upper.encode(
-            first.then_some(&pseudo as &dyn Fn(u8, usize) -> Vec<u8>),
-            false,
-        );
+        let payload = self.upper.encode(first.then_some(pseudo), false);
         let total = self.tot_len.unwrap_or((hlen + payload.len()) as u16);
         let ihl = self.ihl.unwrap_or((hlen / 4) as u8);
         let version = self.version.unwrap_or(4);
@@ -646,6 +688,8 @@ pub struct Ipv6 {
 }
 
 impl Ipv6 {
+    shared_ip_setters!();
+
     /// A UDP packet with no data from `src` to `dst`.
     #[must_use]
     pub fn new(src: impl Into<Ipv6Addr>, dst: impl Into<Ipv6Addr>) -> Self {
@@ -654,11 +698,7 @@ impl Ipv6 {
             dst: dst.into(),
             hop_limit: 64,
             exts: Vec::new(),
-            upper: Upper::Udp {
-                sport: 40000,
-                dport: 9,
-                data: Vec::new(),
-            },
+            upper: Upper::default(),
             version: None,
             payload_len: None,
             next_header: None,
@@ -713,37 +753,6 @@ impl Ipv6 {
         self
     }
 
-    #[must_use]
-    pub fn udp(mut self, sport: u16, dport: u16, data: &[u8]) -> Self {
-        self.upper = Upper::Udp {
-            sport,
-            dport,
-            data: data.to_vec(),
-        };
-        self
-    }
-
-    #[must_use]
-    pub fn tcp(mut self, sport: u16, dport: u16, flags: u8) -> Self {
-        self.upper = Upper::Tcp {
-            sport,
-            dport,
-            flags,
-            data: Vec::new(),
-        };
-        self
-    }
-
-    /// Opaque upper layer with next-header `proto`.
-    #[must_use]
-    pub fn payload(mut self, proto: u8, bytes: &[u8]) -> Self {
-        self.upper = Upper::Raw {
-            proto,
-            bytes: bytes.to_vec(),
-        };
-        self
-    }
-
     /// Appends an extension header (after those so far).
     #[must_use]
     pub fn ext(mut self, ext: Ext) -> Self {
@@ -781,12 +790,6 @@ impl Ipv6 {
     }
 
     #[must_use]
-    pub fn version(mut self, v: u8) -> Self {
-        self.version = Some(v);
-        self
-    }
-
-    #[must_use]
     pub fn payload_len(mut self, len: u16) -> Self {
         self.payload_len = Some(len);
         self
@@ -815,10 +818,7 @@ impl Ipv6 {
             .exts
             .iter()
             .any(|e| matches!(e, Ext::Fragment { offset_units, .. } if *offset_units != 0));
-        let upper = self.upper.encode(
-            first.then_some(&pseudo as &dyn Fn(u8, usize) -> Vec<u8>),
-            true,
-        );
+        let upper = self.upper.encode(first.then_some(pseudo), true);
         let mut rest = Vec::new();
         for (i, e) in self.exts.iter().enumerate() {
             let next = self
@@ -869,7 +869,7 @@ impl Arp {
             ptype: ETH_P_IPV4,
             hlen: 6,
             plen: 4,
-            op: 1,
+            op: ARP_REQUEST,
             sha,
             spa: spa.into(),
             tha: [0; 6],
@@ -886,7 +886,7 @@ impl Arp {
         tpa: impl Into<Ipv4Addr>,
     ) -> Self {
         Self {
-            op: 2,
+            op: ARP_REPLY,
             tha,
             ..Self::request(sha, spa, tpa)
         }
@@ -998,6 +998,46 @@ mod tests {
         ph.extend_from_slice(&((b.len() - 68) as u32).to_be_bytes());
         ph.extend_from_slice(&[0, 0, 0, 58]);
         assert_eq!(checksum(&[&ph, &b[68..]]), 0);
+    }
+
+    #[test]
+    fn ipv4_header_checksum_verifies() {
+        let p = Ipv4::new([192, 168, 50, 11], [10, 10, 0, 2])
+            .udp(1, 2, b"x")
+            .build();
+        assert_eq!(checksum(&[&p[..20]]), 0);
+        assert_eq!(p.len(), 29);
+    }
+
+    #[test]
+    fn solicited_node_matches_rfc_example() {
+        let a: Ipv6Addr = "fd00:10::1".parse().expect("literal");
+        assert_eq!(
+            solicited_node(a),
+            "ff02::1:ff00:1".parse::<Ipv6Addr>().expect("literal")
+        );
+        assert_eq!(
+            ipv6_multicast_mac(solicited_node(a)),
+            [0x33, 0x33, 0xff, 0, 0, 1]
+        );
+    }
+
+    #[test]
+    fn tagged_frame_layout() {
+        let f = Eth {
+            tags: vec![
+                VlanTag::priority(ETH_P_8021AD),
+                VlanTag::priority(ETH_P_8021Q),
+            ],
+            ..Eth::new(BROADCAST, [2, 0, 0, 0, 0, 1])
+        }
+        .raw(ETH_P_IPV4, &[0x45])
+        .pad_to(ETH_MIN_LEN)
+        .build();
+        assert_eq!(&f[12..14], &[0x88, 0xa8]);
+        assert_eq!(&f[16..18], &[0x81, 0x00]);
+        assert_eq!(&f[20..22], &[0x08, 0x00]);
+        assert_eq!(f.len(), 60);
     }
 
     #[test]

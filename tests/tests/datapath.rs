@@ -27,6 +27,7 @@ use guard_tests::packet::{
     IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE,
     IPPROTO_ROUTING, IPPROTO_UDP, Ipv4, Ipv6,
 };
+use guard_tests::rng::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // The objects.
@@ -101,36 +102,6 @@ fn table_debug() {
 
 // ---------------------------------------------------------------------------------------------
 // The differential test.
-
-/// `SplitMix64`: tiny, seedable, good enough to spread frames; no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-}
 
 const MACS: [[u8; 6]; 8] = [
     BRIDGE_MAC,
@@ -352,7 +323,7 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
                         ETH_P_LLDP,
                     ])
                 } else {
-                    rng.next() as u16
+                    rng.next_u64() as u16
                 };
                 f[o..o + 2].copy_from_slice(&t.to_be_bytes());
             }

@@ -18,38 +18,21 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::IpAddr,
-    sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
 use guard_tests::lab::{
-    Lab, NAME_BASE, Role, Variant, addr,
+    Lab, Role, Variant, addr,
     attack::{self, AttackCase, Attacker, CaseResult, Expect, FireOptions, Probe},
     guardctl::{DROP_REASONS, Guardctl, PinScope, Stats},
-    legit, namespaces_with_prefix,
+    harness::{assert_no_namespaces_left, require_root_and_guardctl, serial},
+    legit,
 };
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn require_root() -> Guardctl {
-    guard_tests::lab::install_signal_cleanup().expect("install the Ctrl-C cleanup");
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the end-to-end tests need root (namespaces, veth, AF_PACKET, bpf); not skipping"
-    );
-    Guardctl::locate().expect("locate guardctl")
-}
-
-fn assert_no_namespaces_left() {
-    let own = format!("{NAME_BASE}-{}-", std::process::id());
-    let left = namespaces_with_prefix(&own).expect("list /run/netns");
-    assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
+    require_root_and_guardctl(
+        "the end-to-end tests need root (namespaces, veth, AF_PACKET, bpf); not skipping",
+    )
 }
 
 /// How long a case's counter may take to reach its frame count (the program runs when the

@@ -22,7 +22,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
@@ -38,41 +38,19 @@ use guard::{
     state::Options,
 };
 use guard_tests::lab::{
-    Lab, NAME_BASE, NetNs, Role, Variant, addr,
+    Lab, NetNs, Role, Variant, addr,
     attack::{
         self, AttackCase, Attacker, FireOptions, Probe, build_frame, new_nonce, parse_marker,
     },
     frame::parse_mac,
     guardctl::{Guardctl, PinScope, pin_scope_dir, state_scope_dir},
-    namespaces_with_prefix,
+    harness::{assert_no_namespaces_left, own_prefix, require_root_and_guardctl, serial},
     netns::run_cmd,
     sock::{PacketSocket, udp_bind, udp_collect},
 };
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn require_root() -> Guardctl {
-    guard_tests::lab::install_signal_cleanup().expect("install the Ctrl-C cleanup");
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the guardctl tests need root (namespaces, veth, bpf); not skipping"
-    );
-    Guardctl::locate().expect("locate guardctl")
-}
-
-fn own_prefix() -> String {
-    format!("{NAME_BASE}-{}-", std::process::id())
-}
-
-fn assert_no_namespaces_left() {
-    let left = namespaces_with_prefix(&own_prefix()).expect("list /run/netns");
-    assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
+    require_root_and_guardctl("the guardctl tests need root (namespaces, veth, bpf); not skipping")
 }
 
 /// Poll interval while waiting for the kernel or the agent (always with a deadline).
@@ -478,8 +456,7 @@ fn attach_without_flags_then_detach() {
     assert_eq!(other_pins.leftovers(), Vec::<std::path::PathBuf>::new());
     drop((pins, other_pins));
     other.delete().expect("delete the other namespace");
-    lab.teardown().expect("tear down");
-    assert_no_namespaces_left();
+    teardown(lab);
 }
 
 /// The UDP cases the streams send: forwarded and local, IPv4 and IPv6, unicast and broadcast.
@@ -505,6 +482,47 @@ fn wait_denied(host: &str, port: &str, at_least: u64, what: &str) -> u64 {
     })
 }
 
+/// Where the stream tests start: the base lab, its host namespace, a pin scope there, g1's
+/// host-side port, and the bridge's pin location.
+fn stream_lab() -> (Lab, String, PinScope, String, Location) {
+    let lab = Lab::build(Variant::Base).expect("build the lab");
+    let host = lab.ns(Role::Host).to_owned();
+    let pins = PinScope::new(&host).expect("pin scope");
+    let port = lab.port(Role::G1).expect("g1").host.name.clone();
+    let loc = Location::new(Some(&host), addr::BRIDGE);
+    (lab, host, pins, port, loc)
+}
+
+/// Stops `stream` and checks that none of its frames was delivered (else `leaked`) and that
+/// the denials on `port` in `host` rose by exactly the frames sent (else `misjudged`), from
+/// `base` before the stream.
+fn finish_stream(
+    stream: Stream,
+    (host, port, base): (&str, &str, u64),
+    leaked: &str,
+    misjudged: &str,
+) {
+    let (sent, delivered) = stream.finish();
+    let counted = wait_denied(host, port, base + sent, "after the stream").saturating_sub(base);
+    eprintln!("stream: sent {sent}, delivered {delivered}, counted as denied {counted}");
+    assert_eq!(delivered, 0, "{leaked}");
+    assert_eq!(counted, sent, "{misjudged}");
+}
+
+/// Detaches the lab's bridge in `host`, checks that no pin is left, and drops `pins`.
+fn detach_leaving_nothing(gctl: &Guardctl, host: &str, pins: PinScope) {
+    gctl.ok(Some(host), &["detach", addr::BRIDGE])
+        .expect("detach");
+    assert!(pins.leftovers().is_empty(), "{:?}", pins.leftovers());
+    drop(pins);
+}
+
+/// Tears `lab` down and checks that no namespace of this process is left.
+fn teardown(lab: Lab) {
+    lab.teardown().expect("tear down");
+    assert_no_namespaces_left();
+}
+
 /// Re-running `attach` (same options, and with `--hook` given unchanged) while g1 attacks
 /// continuously: not one frame delivered, every frame counted, the counters never go back,
 /// programs, links and maps are reused.
@@ -512,11 +530,7 @@ fn wait_denied(host: &str, port: &str, at_least: u64, what: &str) -> u64 {
 fn reattach_under_attack_stream() {
     let _serial = serial();
     let gctl = require_root();
-    let lab = Lab::build(Variant::Base).expect("build the lab");
-    let host = lab.ns(Role::Host).to_owned();
-    let pins = PinScope::new(&host).expect("pin scope");
-    let port = lab.port(Role::G1).expect("g1").host.name.clone();
-    let loc = Location::new(Some(&host), addr::BRIDGE);
+    let (lab, host, pins, port, loc) = stream_lab();
 
     gctl.ok(Some(&host), &["attach", addr::BRIDGE])
         .expect("attach");
@@ -557,18 +571,15 @@ fn reattach_under_attack_stream() {
         }
         assert_eq!(map_ids(&loc), first_maps, "maps re-created");
     }
-    let (sent, delivered) = stream.finish();
-    let counted = wait_denied(&host, &port, base + sent, "after the stream").saturating_sub(base);
-    eprintln!("stream: sent {sent}, delivered {delivered}, counted as denied {counted}");
-    assert_eq!(delivered, 0, "attack frames delivered during re-attach");
-    assert_eq!(counted, sent, "frames not judged (or judged twice)");
+    finish_stream(
+        stream,
+        (&host, &port, base),
+        "attack frames delivered during re-attach",
+        "frames not judged (or judged twice)",
+    );
 
-    gctl.ok(Some(&host), &["detach", addr::BRIDGE])
-        .expect("detach");
-    assert!(pins.leftovers().is_empty(), "{:?}", pins.leftovers());
-    drop(pins);
-    lab.teardown().expect("tear down");
-    assert_no_namespaces_left();
+    detach_leaving_nothing(&gctl, &host, pins);
+    teardown(lab);
 }
 
 /// `guardctl run` killed with SIGKILL during an attack stream: nothing leaks; restarted, it
@@ -578,11 +589,7 @@ fn reattach_under_attack_stream() {
 fn agent_survives_sigkill_and_adopts() {
     let _serial = serial();
     let gctl = require_root();
-    let lab = Lab::build(Variant::Base).expect("build the lab");
-    let host = lab.ns(Role::Host).to_owned();
-    let pins = PinScope::new(&host).expect("pin scope");
-    let port = lab.port(Role::G1).expect("g1").host.name.clone();
-    let loc = Location::new(Some(&host), addr::BRIDGE);
+    let (lab, host, pins, port, loc) = stream_lab();
 
     let mut agent = Agent::start(&gctl, &host);
     let rss = agent.rss_kib();
@@ -628,23 +635,20 @@ fn agent_survives_sigkill_and_adopts() {
     );
     wait_denied(&host, &port, restarted + 100, "after the restart");
 
-    let (sent, delivered) = stream.finish();
-    let counted = wait_denied(&host, &port, base + sent, "after the stream").saturating_sub(base);
-    eprintln!("stream: sent {sent}, delivered {delivered}, counted as denied {counted}");
-    assert_eq!(delivered, 0, "attack frames leaked around the SIGKILL");
-    assert_eq!(counted, sent, "frames not judged");
+    finish_stream(
+        stream,
+        (&host, &port, base),
+        "attack frames leaked around the SIGKILL",
+        "frames not judged",
+    );
 
     // SIGTERM: the agent exits 0 and leaves enforcement in place.
     agent.signal(libc::SIGTERM);
     let status = agent.child.wait().expect("wait for the agent");
     assert!(status.success(), "agent exit after SIGTERM: {status}");
     assert!(loc.is_attached(), "SIGTERM removed the pins");
-    gctl.ok(Some(&host), &["detach", addr::BRIDGE])
-        .expect("detach");
-    assert!(pins.leftovers().is_empty(), "{:?}", pins.leftovers());
-    drop(pins);
-    lab.teardown().expect("tear down");
-    assert_no_namespaces_left();
+    detach_leaving_nothing(&gctl, &host, pins);
+    teardown(lab);
 }
 
 /// A third guest appears while the agent runs: its port is guarded within a second of being
@@ -796,13 +800,9 @@ fn agent_follows_ports() {
     gone("deleted");
 
     drop(agent);
-    gctl.ok(Some(&host), &["detach", addr::BRIDGE])
-        .expect("detach");
-    assert!(pins.leftovers().is_empty(), "{:?}", pins.leftovers());
-    drop(pins);
+    detach_leaving_nothing(&gctl, &host, pins);
     g3.delete().expect("delete g3");
-    lab.teardown().expect("tear down");
-    assert_no_namespaces_left();
+    teardown(lab);
 }
 
 /// Runs a failing guardctl and checks its exit, its message, and that nothing is left.
@@ -956,8 +956,7 @@ fn error_cases() {
     assert!(!has_xdp(host_ns, &vg1.name), "the rollback left XDP on vg1");
 
     drop(pins);
-    lab.teardown().expect("tear down");
-    assert_no_namespaces_left();
+    teardown(lab);
 }
 
 /// Removes a temporary directory on drop.

@@ -7,43 +7,22 @@
 use std::{
     fmt::Write as _,
     panic::AssertUnwindSafe,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, PoisonError},
     time::Instant,
 };
 
 use guard_tests::lab::{
-    Lab, NAME_BASE, Variant,
+    Lab, Variant,
     attack::{self, CaseResult, Expect, FireOptions},
-    legit, namespaces_with_prefix,
+    harness::{self, assert_no_namespaces_left, serial},
+    legit,
     netns::netns_path,
 };
 
-/// The tests run one lab at a time, so that "no namespace of ours is left" can be asserted
-/// after each of them.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn require_root() {
-    // A Ctrl-C during `cargo test` deletes the lab too (Drop does not run on a signal).
-    guard_tests::lab::install_signal_cleanup().expect("install the Ctrl-C cleanup");
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the lab tests need root (network namespaces, veth, AF_PACKET); not skipping"
+    harness::require_root(
+        "the lab tests need root (network namespaces, veth, AF_PACKET); not skipping",
     );
-}
-
-fn own_prefix() -> String {
-    format!("{NAME_BASE}-{}-", std::process::id())
-}
-
-fn assert_no_namespaces_left() {
-    let left = namespaces_with_prefix(&own_prefix()).expect("list /run/netns");
-    assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
 }
 
 fn table(title: &str, results: &[CaseResult]) -> String {

@@ -68,6 +68,25 @@ fn unique(tag: &str) -> String {
     )
 }
 
+/// Reads with `read` until `done` holds of a reading, and returns that reading; fails with
+/// `timed_out` of the last reading once `within` has passed.
+fn wait_until<T>(
+    within: Duration,
+    mut read: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+    timed_out: impl Fn(&T) -> String,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = read();
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{}", timed_out(&v));
+        std::thread::yield_now();
+    }
+}
+
 /// Two namespaces and the guard attachment in the host one; all removed on drop (also when
 /// the test panics).
 struct Lab {
@@ -187,18 +206,12 @@ impl Lab {
 
     /// Polls `stats --json` until `done` holds (bounded), and returns the last reading.
     fn wait_stats(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let s = self.stats();
-            if done(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s:#}"
-            );
-            std::thread::yield_now();
-        }
+        wait_until(
+            Duration::from_secs(10),
+            || self.stats(),
+            done,
+            |s| format!("timed out waiting for {what}: {s:#}"),
+        )
     }
 
     /// Sends `n` attack frames from the guest.
@@ -671,18 +684,12 @@ impl Tmux {
     }
 
     fn wait_for(&self, what: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let screen = self.capture();
-            if ok(&screen) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what} not shown within {within:?}:\n{screen}"
-            );
-            std::thread::yield_now();
-        }
+        wait_until(
+            within,
+            || self.capture(),
+            |screen| ok(screen),
+            |screen| format!("{what} not shown within {within:?}:\n{screen}"),
+        )
     }
 }
 

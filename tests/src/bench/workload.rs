@@ -12,6 +12,7 @@ use guard_common::{ACTION_DENY, CLASS_USER_FIRST};
 
 use crate::lab::addr;
 use crate::packet::{Arp, Eth, Ipv4, Ipv6};
+use crate::rng::Rng;
 
 /// The host's MAC (the bridge MAC of the lab): frames to it are host-bound.
 pub const HOST_MAC: [u8; 6] = addr::BRIDGE_MAC;
@@ -46,69 +47,58 @@ pub struct Path {
 #[must_use]
 pub fn paths() -> Vec<Path> {
     let udp4 = |dst: Ipv4Addr| Ipv4::new(addr::G1_4, dst).udp(40_000, 9, b"guard-bench");
+    let to = |dst: [u8; 6]| Eth::new(dst, GUEST_MAC);
+    let path = |name, what, eth: Eth, guard_drops, peer_drops| Path {
+        name,
+        what,
+        frame: eth.pad_to(MIN_FRAME).build(),
+        guard_drops,
+        peer_drops,
+    };
     vec![
-        Path {
-            name: "not_host",
-            what: "unicast to another guest",
-            frame: Eth::new(OTHER_GUEST_MAC, GUEST_MAC)
-                .ipv4(udp4(addr::G2_4))
-                .pad_to(MIN_FRAME)
-                .build(),
-            guard_drops: false,
-            peer_drops: false,
-        },
-        Path {
-            name: "host_unprotected",
-            what: "host MAC, IPv4 to an unprotected address",
-            frame: Eth::new(HOST_MAC, GUEST_MAC)
-                .ipv4(udp4(UNPROTECTED4))
-                .pad_to(MIN_FRAME)
-                .build(),
-            guard_drops: false,
-            peer_drops: false,
-        },
-        Path {
-            name: "drop_ipv4",
-            what: "host MAC, IPv4 UDP to the management network",
-            frame: Eth::new(HOST_MAC, GUEST_MAC)
-                .ipv4(udp4(TARGET4))
-                .pad_to(MIN_FRAME)
-                .build(),
-            guard_drops: true,
-            peer_drops: true,
-        },
-        Path {
-            name: "drop_ipv6",
-            what: "host MAC, IPv6 UDP to the management network",
-            frame: Eth::new(HOST_MAC, GUEST_MAC)
-                .ipv6(Ipv6::new(addr::G1_6, TARGET6).udp(40_000, 9, b"guard-bench"))
-                .pad_to(MIN_FRAME)
-                .build(),
-            guard_drops: true,
-            peer_drops: true,
-        },
-        Path {
-            name: "drop_vlan",
-            what: "as drop_ipv4, behind an 802.1Q tag",
-            frame: Eth::new(HOST_MAC, GUEST_MAC)
-                .vlan(100)
-                .ipv4(udp4(TARGET4))
-                .pad_to(MIN_FRAME)
-                .build(),
-            guard_drops: true,
-            peer_drops: true,
-        },
-        Path {
-            name: "drop_arp",
-            what: "broadcast ARP request for a management address",
-            frame: Eth::new([0xff; 6], GUEST_MAC)
-                .arp(Arp::request(GUEST_MAC, addr::G1_4, TARGET4))
-                .pad_to(MIN_FRAME)
-                .build(),
-            guard_drops: true,
+        path(
+            "not_host",
+            "unicast to another guest",
+            to(OTHER_GUEST_MAC).ipv4(udp4(addr::G2_4)),
+            false,
+            false,
+        ),
+        path(
+            "host_unprotected",
+            "host MAC, IPv4 to an unprotected address",
+            to(HOST_MAC).ipv4(udp4(UNPROTECTED4)),
+            false,
+            false,
+        ),
+        path(
+            "drop_ipv4",
+            "host MAC, IPv4 UDP to the management network",
+            to(HOST_MAC).ipv4(udp4(TARGET4)),
+            true,
+            true,
+        ),
+        path(
+            "drop_ipv6",
+            "host MAC, IPv6 UDP to the management network",
+            to(HOST_MAC).ipv6(Ipv6::new(addr::G1_6, TARGET6).udp(40_000, 9, b"guard-bench")),
+            true,
+            true,
+        ),
+        path(
+            "drop_vlan",
+            "as drop_ipv4, behind an 802.1Q tag",
+            to(HOST_MAC).vlan(100).ipv4(udp4(TARGET4)),
+            true,
+            true,
+        ),
+        path(
+            "drop_arp",
+            "broadcast ARP request for a management address",
+            to([0xff; 6]).arp(Arp::request(GUEST_MAC, addr::G1_4, TARGET4)),
+            true,
             // xdp-filter's IP filter does not parse ARP.
-            peer_drops: false,
-        },
+            false,
+        ),
     ]
 }
 
@@ -141,22 +131,6 @@ pub fn base_prefixes() -> Vec<Prefix> {
             len: 128,
         },
     ]
-}
-
-/// splitmix64: a deterministic generator, so every run measures the same tries.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-        from[(self.next() % from.len() as u64) as usize]
-    }
 }
 
 /// Realistic lengths, weighted toward what operators write: many /24-/32 and /48-/64 and host
@@ -196,7 +170,7 @@ pub fn prefixes(n: usize) -> Vec<Prefix> {
         let p = if out.len().is_multiple_of(2) {
             let len = rng.pick(&V4_LENS);
             let a = loop {
-                let a = rng.next() as u32;
+                let a = rng.next_u64() as u32;
                 let first = a >> 24;
                 if (11..224).contains(&first) && ![127, 192, 203].contains(&first) {
                     break a;
@@ -209,7 +183,8 @@ pub fn prefixes(n: usize) -> Vec<Prefix> {
         } else {
             let len = rng.pick(&V6_LENS);
             // Global unicast, 2000::/3.
-            let a = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3 | (1u128 << 125);
+            let a = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())) >> 3
+                | (1u128 << 125);
             Prefix {
                 addr: IpAddr::V6(Ipv6Addr::from(mask_v6(a, len))),
                 len,

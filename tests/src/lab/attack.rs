@@ -20,8 +20,12 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Lab, Role, addr,
-    frame::{self, ETH_P_8021AD, ETH_P_8021Q, Mac, VlanTag},
+    frame::Mac,
     sock::{PacketSocket, udp_bind, udp_collect},
+};
+use crate::packet::{
+    ARP_REPLY, Arp, BROADCAST, ETH_MIN_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, Eth,
+    ICMPV6_NEIGHBOUR_ADVERTISEMENT, Ipv4, Ipv6, VlanTag, ipv6_multicast_mac, solicited_node,
 };
 
 /// Frames per case unless told otherwise.
@@ -468,10 +472,10 @@ fn arm<'a>(lab: &Lab, att: &Attacker, case: &'a AttackCase) -> Result<Armed<'a>>
     let receiver = match case.probe {
         Probe::Udp { dst, rx } => Receiver::Udp(udp_bind(lab.ns(rx), SocketAddr::new(dst, port))?),
         Probe::Arp { .. } => {
-            Receiver::Capture(PacketSocket::open(&att.ns, &att.ifname, frame::ETH_P_ARP)?)
+            Receiver::Capture(PacketSocket::open(&att.ns, &att.ifname, ETH_P_ARP)?)
         }
         Probe::Ndp { .. } => {
-            Receiver::Capture(PacketSocket::open(&att.ns, &att.ifname, frame::ETH_P_IPV6)?)
+            Receiver::Capture(PacketSocket::open(&att.ns, &att.ifname, ETH_P_IPV6)?)
         }
     };
     Ok(Armed {
@@ -485,67 +489,53 @@ fn arm<'a>(lab: &Lab, att: &Attacker, case: &'a AttackCase) -> Result<Armed<'a>>
 #[must_use]
 pub fn build_frame(att: &Attacker, case: &AttackCase, nonce: u32, seq: u32) -> Vec<u8> {
     let port = 40_000 + case.id;
-    let (ethertype, l3) = match case.probe {
-        Probe::Udp {
-            dst: IpAddr::V4(d), ..
-        } => (
-            frame::ETH_P_IPV4,
-            frame::ipv4_udp(
-                att.ip4,
-                d,
-                50_000 + case.id,
-                port,
-                &marker(nonce, case.id, seq),
-            ),
-        ),
-        Probe::Udp {
-            dst: IpAddr::V6(d), ..
-        } => (
-            frame::ETH_P_IPV6,
-            frame::ipv6_udp(
-                att.ip6,
-                d,
-                50_000 + case.id,
-                port,
-                &marker(nonce, case.id, seq),
-            ),
-        ),
-        Probe::Arp { target } => (
-            frame::ETH_P_ARP,
-            frame::arp_request(att.mac, arp_marker(case.id, seq), target),
-        ),
-        Probe::Ndp { target, unicast } => (
-            frame::ETH_P_IPV6,
-            frame::ndp_solicit(
-                ndp_marker(case.id, seq),
-                att.mac,
-                target,
-                if unicast {
-                    target
-                } else {
-                    frame::solicited_node(target)
-                },
-            ),
-        ),
-    };
+    let sport = 50_000 + case.id;
     let dst = match (case.dst_mac, case.probe) {
         (DstMac::Bridge, _) => att.bridge_mac,
         (DstMac::Multicast(m), _) => m,
         (DstMac::OwnPort, _) => att.own_port_mac,
         (DstMac::OtherPort, _) => att.other_port_mac,
         (DstMac::SolicitedNode, Probe::Ndp { target, .. }) => {
-            frame::ipv6_multicast_mac(frame::solicited_node(target))
+            ipv6_multicast_mac(solicited_node(target))
         }
-        (DstMac::Broadcast | DstMac::SolicitedNode, _) => frame::BROADCAST_MAC,
+        (DstMac::Broadcast | DstMac::SolicitedNode, _) => BROADCAST,
     };
-    frame::ethernet(dst, att.mac, &case.tags, ethertype, &l3)
+    let eth = Eth {
+        tags: case.tags.clone(),
+        ..Eth::new(dst, att.mac)
+    };
+    let eth = match case.probe {
+        Probe::Udp {
+            dst: IpAddr::V4(d), ..
+        } => eth.ipv4(Ipv4 {
+            // As a host stack sends it: no fragment id, DF.
+            id: 0,
+            dont_fragment: true,
+            ..Ipv4::new(att.ip4, d).udp(sport, port, &marker(nonce, case.id, seq))
+        }),
+        Probe::Udp {
+            dst: IpAddr::V6(d), ..
+        } => eth.ipv6(Ipv6::new(att.ip6, d).udp(sport, port, &marker(nonce, case.id, seq))),
+        Probe::Arp { target } => eth.arp(Arp::request(att.mac, arp_marker(case.id, seq), target)),
+        Probe::Ndp { target, unicast } => {
+            let ns = Ipv6::new(ndp_marker(case.id, seq), target)
+                .neighbour_solicitation(target, Some(att.mac));
+            // To the solicited-node group, or with `unicast` to the target itself.
+            eth.ipv6(if unicast {
+                Ipv6 { dst: target, ..ns }
+            } else {
+                ns
+            })
+        }
+    };
+    eth.pad_to(ETH_MIN_LEN).build()
 }
 
 /// The sequence number an ARP reply answers, if it answers a request of case `id` for `target`.
 fn arp_reply_seq(f: &[u8], id: u16, target: Ipv4Addr) -> Option<u32> {
     let a = f.get(14..42)?;
-    if f[12..14] != frame::ETH_P_ARP.to_be_bytes()
-        || a[6..8] != frame::ARP_REPLY.to_be_bytes()
+    if f[12..14] != ETH_P_ARP.to_be_bytes()
+        || a[6..8] != ARP_REPLY.to_be_bytes()
         || a[14..18] != target.octets()
     {
         return None;
@@ -559,9 +549,9 @@ fn arp_reply_seq(f: &[u8], id: u16, target: Ipv4Addr) -> Option<u32> {
 fn ndp_advert_seq(f: &[u8], id: u16, target: Ipv6Addr) -> Option<u32> {
     let ip = f.get(14..54)?;
     let icmp = f.get(54..78)?;
-    if f[12..14] != frame::ETH_P_IPV6.to_be_bytes()
+    if f[12..14] != ETH_P_IPV6.to_be_bytes()
         || ip[6] != 58
-        || icmp[0] != frame::ICMPV6_NEIGHBOR_ADVERT
+        || icmp[0] != ICMPV6_NEIGHBOUR_ADVERTISEMENT
         || icmp[8..24] != target.octets()
     {
         return None;

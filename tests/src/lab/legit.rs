@@ -19,10 +19,10 @@ use super::{
         self, AttackCase, Attacker, CaseResult, DstMac, Expect, FireOptions, Probe, marker,
         new_nonce, parse_marker,
     },
-    frame,
     netns::in_netns,
     sock::{self, udp_bind, udp_collect, wait_readable},
 };
+use crate::packet;
 
 /// UDP: `count` datagrams from `from` to `dst`, counted by a socket bound on `bind` in `to`
 /// when they arrive from `src` (so a NAT flow that bypassed the NAT does not count).
@@ -183,7 +183,7 @@ fn icmp_flow(
         sock::icmp_send(
             fd.as_fd(),
             dst,
-            &frame::icmp_echo(v6, id, seq as u16, b"guard-lab"),
+            &packet::icmp_echo(v6, id, seq as u16, b"guard-lab"),
         )
         .with_context(|| format!("{name} from {}", lab.ns(from)))?;
     }

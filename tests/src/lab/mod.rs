@@ -30,6 +30,7 @@
 pub mod attack;
 pub mod frame;
 pub mod guardctl;
+pub mod harness;
 pub mod legit;
 pub mod netns;
 pub mod sock;

@@ -1,6 +1,7 @@
 //! `guardctl events`: stream drop events as lines, JSON lines, or into a pcap file.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{BufWriter, Write as _},
     path::PathBuf,
@@ -11,8 +12,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use guard::{
-    events::{EventStream, EventView, rule_labels, wall_time},
+    events::{EventStream, EventView, RuleLabel, rule_labels, wall_time},
+    identity::PortLabel,
     pcap::PcapWriter,
+    pins::Location,
     state::State,
 };
 use guard_common::event::EVENT_SNAP_LEN;
@@ -44,8 +47,19 @@ pub struct EventsArgs {
     pub timeout: Option<f64>,
 }
 
-pub async fn run(cli: &Cli, a: &EventsArgs) -> Result<ExitCode> {
-    let locs = attached(cli, a.bridge.as_deref())?;
+/// One attached bridge's event ring, and what names its events: opened alike by `events` and
+/// `top`.
+pub struct Opened {
+    pub loc: Location,
+    pub state: State,
+    pub labels: BTreeMap<u32, PortLabel>,
+    pub stream: EventStream,
+    pub rules: BTreeMap<u32, RuleLabel>,
+}
+
+/// Opens the event ring of `bridge` (default: the only attached bridge in scope).
+pub async fn open(cli: &Cli, bridge: Option<&str>) -> Result<Opened> {
+    let locs = attached(cli, bridge)?;
     let loc = match locs.as_slice() {
         [one] => one.clone(),
         [] => anyhow::bail!("no bridge attached"),
@@ -57,7 +71,24 @@ pub async fn run(cli: &Cli, a: &EventsArgs) -> Result<ExitCode> {
     let labels = ports::labels(&state).await?;
     let stream = EventStream::open(&loc)
         .with_context(|| format!("opening the event ring of {:?}", loc.bridge))?;
-    let mut rules = rule_labels(stream.maps(), &state)?;
+    let rules = rule_labels(stream.maps(), &state)?;
+    Ok(Opened {
+        loc,
+        state,
+        labels,
+        stream,
+        rules,
+    })
+}
+
+pub async fn run(cli: &Cli, a: &EventsArgs) -> Result<ExitCode> {
+    let Opened {
+        loc,
+        state,
+        labels,
+        stream,
+        mut rules,
+    } = open(cli, a.bridge.as_deref()).await?;
     let mut pcap = match &a.pcap {
         Some(path) => {
             let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -83,25 +114,24 @@ pub async fn run(cli: &Cli, a: &EventsArgs) -> Result<ExitCode> {
     eprintln!("guard: reading events of {}", loc.bridge);
     let mut seen = 0u64;
     let mut stdout = std::io::stdout().lock();
-    let mut emit = |ev: &guard_common::event::DropEvent,
-                    rules: &std::collections::BTreeMap<u32, guard::events::RuleLabel>|
-     -> Result<()> {
-        let view = EventView::new(ev, &loc.bridge, labels.get(&ev.ifindex), rules);
-        if !a.quiet {
-            if a.json {
-                serde_json::to_writer(&mut stdout, &view).context("serialising JSON")?;
-                writeln!(stdout).context("writing stdout")?;
-            } else {
-                writeln!(stdout, "{}", view.line()).context("writing stdout")?;
+    let mut emit =
+        |ev: &guard_common::event::DropEvent, rules: &BTreeMap<u32, RuleLabel>| -> Result<()> {
+            let view = EventView::new(ev, &loc.bridge, labels.get(&ev.ifindex), rules);
+            if !a.quiet {
+                if a.json {
+                    serde_json::to_writer(&mut stdout, &view).context("serialising JSON")?;
+                    writeln!(stdout).context("writing stdout")?;
+                } else {
+                    writeln!(stdout, "{}", view.line()).context("writing stdout")?;
+                }
+                stdout.flush().context("writing stdout")?;
             }
-            stdout.flush().context("writing stdout")?;
-        }
-        if let Some(p) = pcap.as_mut() {
-            p.write(wall_time(ev.ts_ns), ev.captured(), ev.frame_len)
-                .context("writing the pcap file")?;
-        }
-        Ok(())
-    };
+            if let Some(p) = pcap.as_mut() {
+                p.write(wall_time(ev.ts_ns), ev.captured(), ev.frame_len)
+                    .context("writing the pcap file")?;
+            }
+            Ok(())
+        };
     let done = |seen: u64| a.count.is_some_and(|n| seen >= n);
     let mut stopping = false;
     while !done(seen) && !stopping {

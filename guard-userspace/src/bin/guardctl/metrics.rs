@@ -1,7 +1,6 @@
 //! The `/metrics` endpoint of `guardctl run --metrics ADDR`.
 
 use anyhow::{Context as _, Result};
-use aya::programs::{SchedClassifier, Xdp};
 use guard::{
     metrics::{BridgeMetrics, CONTENT_TYPE, render},
     pins::Location,
@@ -42,17 +41,7 @@ fn scrape(loc: &Location) -> Result<String> {
     let state = State::load(loc)
         .with_context(|| format!("reading the state of {:?}", loc.bridge))?
         .unwrap_or_default();
-    let xdp = Xdp::from_pin(
-        loc.prog_pin("xdp"),
-        aya_obj::programs::XdpAttachType::Interface,
-    )
-    .ok()
-    .and_then(|p| p.info().ok())
-    .map(|i| i.id());
-    let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
-        .ok()
-        .and_then(|p| p.info().ok())
-        .map(|i| i.id());
+    let (xdp, tc) = crate::output::prog_ids(loc);
     let vms = crate::ports::vms(&state);
     render(&[BridgeMetrics {
         stats: &counters,

@@ -65,7 +65,8 @@ fn link_ids(loc: &Location, hook: &str, ifindex: u32) -> (Option<u32>, Option<u3
     }
 }
 
-pub fn status_of(loc: &Location, state: &State) -> StatusView {
+/// Kernel ids of the pinned XDP and TC programs, where they can be read.
+pub fn prog_ids(loc: &Location) -> (Option<u32>, Option<u32>) {
     let xdp = Xdp::from_pin(loc.prog_pin("xdp"), aya_obj_xdp())
         .ok()
         .and_then(|p| p.info().ok())
@@ -74,6 +75,11 @@ pub fn status_of(loc: &Location, state: &State) -> StatusView {
         .ok()
         .and_then(|p| p.info().ok())
         .map(|i| i.id());
+    (xdp, tc)
+}
+
+pub fn status_of(loc: &Location, state: &State) -> StatusView {
+    let (xdp, tc) = prog_ids(loc);
     let o = &state.options;
     let ports = state
         .ports

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use guard::{
-    events::{EventStream, EventView, RuleLabel, rule_labels},
+    events::{EventStream, EventView, RuleLabel},
     identity::PortLabel,
     pins::Location,
     state::State,
@@ -26,7 +26,7 @@ use ratatui::{
     widgets::{Block, Borders, Paragraph, Row, Table},
 };
 
-use crate::{Cli, ports, status::attached};
+use crate::Cli;
 
 #[derive(Args)]
 pub struct TopArgs {
@@ -276,19 +276,13 @@ pub async fn run(cli: &Cli, a: &TopArgs) -> Result<ExitCode> {
     if !(a.interval.is_finite() && a.interval > 0.0) {
         anyhow::bail!("--interval needs a positive number of seconds");
     }
-    let locs = attached(cli, a.bridge.as_deref())?;
-    let loc = match locs.as_slice() {
-        [one] => one.clone(),
-        [] => anyhow::bail!("no bridge attached"),
-        _ => anyhow::bail!("several bridges attached: name one"),
-    };
-    let state = State::load(&loc)
-        .with_context(|| format!("reading the state of {:?}", loc.bridge))?
-        .with_context(|| format!("bridge {:?} is not attached", loc.bridge))?;
-    let labels = ports::labels(&state).await?;
-    let stream = EventStream::open(&loc)
-        .with_context(|| format!("opening the event ring of {:?}", loc.bridge))?;
-    let rules = rule_labels(stream.maps(), &state)?;
+    let crate::events::Opened {
+        loc,
+        state,
+        labels,
+        stream,
+        rules,
+    } = crate::events::open(cli, a.bridge.as_deref()).await?;
     let mut view = View {
         loc,
         state,

@@ -110,6 +110,7 @@ where
 /// Deletes a named namespace the way `ip netns del` does: detach the bind mount and remove
 /// the file. The namespace itself goes away once no socket or process holds it.
 fn delete_netns(name: &str) -> Result<()> {
+    remove_guard_state(name);
     let path = netns_path(name);
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .with_context(|| format!("namespace path {}", path.display()))?;
@@ -126,6 +127,22 @@ fn delete_netns(name: &str) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Removes what guardctl pinned for bridges of namespace `name` (`--netns name`): the pins
+/// under `/sys/fs/bpf/guard/<name>/` and the state under `/run/guard/<name>/`. With the
+/// namespace gone they hold only defunct links and orphaned maps, so every path that deletes
+/// a lab namespace (drop, a failed test, Ctrl-C, a stale lab) takes them along. Best effort:
+/// usually nothing is there.
+fn remove_guard_state(name: &str) {
+    for root in ["/sys/fs/bpf/guard", "/run/guard"] {
+        let dir = Path::new(root).join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("guard-lab: cannot remove {}: {e}", dir.display()),
+        }
     }
 }
 

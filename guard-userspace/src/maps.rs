@@ -49,7 +49,7 @@ where
 impl GuardMaps {
     /// Takes the maps out of a loaded object (its programs keep using them).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut take = |name: &'static str| {
+        Self::with(|name| {
             ebpf.take_map(name).ok_or_else(|| {
                 GuardError::map(
                     name,
@@ -58,37 +58,30 @@ impl GuardMaps {
                     },
                 )
             })
-        };
-        Ok(Self {
-            config: typed(map_names::CONFIG, take(map_names::CONFIG)?)?,
-            ports: typed(map_names::PORTS, take(map_names::PORTS)?)?,
-            mac_table: typed(map_names::MAC_TABLE, take(map_names::MAC_TABLE)?)?,
-            rules_v4: typed(map_names::RULES_V4, take(map_names::RULES_V4)?)?,
-            rules_v6: typed(map_names::RULES_V6, take(map_names::RULES_V6)?)?,
-            counters: typed(map_names::COUNTERS, take(map_names::COUNTERS)?)?,
-            rule_hits: typed(map_names::RULE_HITS, take(map_names::RULE_HITS)?)?,
-            event_lease: typed(map_names::EVENT_LEASE, take(map_names::EVENT_LEASE)?)?,
-            event_stats: typed(map_names::EVENT_STATS, take(map_names::EVENT_STATS)?)?,
         })
     }
 
     /// Opens the maps pinned for an attached bridge.
     pub fn open(loc: &Location) -> Result<Self> {
-        let open = |name: &'static str| -> Result<Map> {
+        Self::with(|name| {
             let path = loc.map_pin(name);
             let data = MapData::from_pin(&path).map_err(|e| pin_error(loc, name, &path, e))?;
             Map::from_map_data(data).map_err(|e| GuardError::map(name, e))
-        };
+        })
+    }
+
+    /// Builds the typed maps from `map`, which yields each map by its name.
+    fn with(mut map: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            config: typed(map_names::CONFIG, open(map_names::CONFIG)?)?,
-            ports: typed(map_names::PORTS, open(map_names::PORTS)?)?,
-            mac_table: typed(map_names::MAC_TABLE, open(map_names::MAC_TABLE)?)?,
-            rules_v4: typed(map_names::RULES_V4, open(map_names::RULES_V4)?)?,
-            rules_v6: typed(map_names::RULES_V6, open(map_names::RULES_V6)?)?,
-            counters: typed(map_names::COUNTERS, open(map_names::COUNTERS)?)?,
-            rule_hits: typed(map_names::RULE_HITS, open(map_names::RULE_HITS)?)?,
-            event_lease: typed(map_names::EVENT_LEASE, open(map_names::EVENT_LEASE)?)?,
-            event_stats: typed(map_names::EVENT_STATS, open(map_names::EVENT_STATS)?)?,
+            config: typed(map_names::CONFIG, map(map_names::CONFIG)?)?,
+            ports: typed(map_names::PORTS, map(map_names::PORTS)?)?,
+            mac_table: typed(map_names::MAC_TABLE, map(map_names::MAC_TABLE)?)?,
+            rules_v4: typed(map_names::RULES_V4, map(map_names::RULES_V4)?)?,
+            rules_v6: typed(map_names::RULES_V6, map(map_names::RULES_V6)?)?,
+            counters: typed(map_names::COUNTERS, map(map_names::COUNTERS)?)?,
+            rule_hits: typed(map_names::RULE_HITS, map(map_names::RULE_HITS)?)?,
+            event_lease: typed(map_names::EVENT_LEASE, map(map_names::EVENT_LEASE)?)?,
+            event_stats: typed(map_names::EVENT_STATS, map(map_names::EVENT_STATS)?)?,
         })
     }
 

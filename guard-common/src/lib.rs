@@ -28,7 +28,7 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// entry in [`PORTS`](map_names::PORTS) (still enforced: unknown ports fail closed).
 pub const MAX_PORT_SLOTS: u32 = 1024;
 /// Counter slots per port: one per reason code, rounded up to a power of two.
-pub const REASON_SLOTS: u32 = 16;
+pub const REASON_SLOTS: u32 = 32;
 /// Entries of the port table, indexed by ingress ifindex. An array (not a hash) keeps the
 /// per-frame lookup an inlined bounds check plus an add. Ports with a larger ifindex are still
 /// enforced, and counted in slot 0.
@@ -55,8 +55,10 @@ pub mod map_names {
     pub const EVENT_RATE: &str = "GUARD_EV_RATE";
     /// Per-CPU event accounting (`event::EventStats`).
     pub const EVENT_STATS: &str = "GUARD_EV_STATS";
+    /// UDP destination ports of tunnels the host may decapsulate (`PortSet`, one entry).
+    pub const TUNNEL_PORTS: &str = "GUARD_TUN_PORTS";
     /// Every map, in a fixed order (for pin management).
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         CONFIG,
         PORTS,
         MAC_TABLE,
@@ -68,13 +70,19 @@ pub mod map_names {
         EVENT_LEASE,
         EVENT_RATE,
         EVENT_STATS,
+        TUNNEL_PORTS,
     ];
 }
 
 /// Program names in the eBPF object.
 pub mod program_names {
+    /// A bridge port's XDP hook.
     pub const XDP: &str = "guard_xdp";
+    /// A bridge port's TC ingress hook (TCX or `cls_bpf`).
     pub const TC: &str = "guard_tc";
+    /// The backstop on the bridge device's own TC ingress: every frame there is host-bound,
+    /// whatever its destination MAC, so it is judged without the host MAC table.
+    pub const BRIDGE: &str = "guard_bridge";
 }
 
 /// Verdicts, as the classifier reports them (the entry points map them to `XDP_*`/`TC_ACT_*`).
@@ -113,6 +121,11 @@ pub const CLASS_STORAGE: u16 = 2;
 pub const CLASS_HOST: u16 = 3;
 /// A network the host is attached to (the default protected set), not named by the user.
 pub const CLASS_HOST_NETWORK: u16 = 4;
+/// A network the host routes to through one of its non-guest interfaces (a route that is not
+/// an address's own prefix), in the default protected set.
+pub const CLASS_HOST_ROUTE: u16 = 5;
+/// A network of the guest bridge itself (its own addresses' prefixes): allowed by default.
+pub const CLASS_GUEST_NETWORK: u16 = 6;
 pub const CLASS_USER_FIRST: u16 = 16;
 
 /// Value of both prefix tries.
@@ -134,6 +147,10 @@ impl RuleValue {
 
 /// Per-port flags.
 pub const PORT_FLAG_MONITOR: u32 = 1;
+/// Not a port: an interface the kernel may forward guest traffic out of (the guest bridge
+/// itself and the host's uplinks). Forwarding out of any interface without this flag is
+/// `reason::DENY_ROUTE`.
+pub const PORT_FLAG_EGRESS_OK: u32 = 2;
 
 /// Entry of the port table (indexed by ingress ifindex). All zero means "not registered":
 /// enforced, counted in slot 0.
@@ -150,8 +167,20 @@ pub struct PortConfig {
 pub const GLOBAL_FLAG_STRICT_MAC: u32 = 1;
 /// Count and report would-drop frames, pass them (every port).
 pub const GLOBAL_FLAG_MONITOR: u32 = 2;
+/// Let tunnel encapsulations addressed to the host through (no `reason::DENY_TUNNEL`).
+pub const GLOBAL_FLAG_ALLOW_TUNNELS: u32 = 4;
+/// The kernel reports the egress interface without a neighbour entry
+/// (`BPF_FIB_LOOKUP_SKIP_NEIGH`, Linux 6.3): the route check passes it. Without it (older
+/// kernels) a route whose next hop has no valid neighbour entry gives no egress interface and
+/// the route check cannot judge it (the prefix rules still do).
+pub const GLOBAL_FLAG_FIB_SKIP_NEIGH: u32 = 8;
+/// Judge by prefix rules only: no `bpf_fib_lookup` (no `DENY_ROUTE`/`DENY_LOCAL`, and tunnel
+/// encapsulations are judged whatever their destination).
+pub const GLOBAL_FLAG_NO_ROUTE_CHECK: u32 = 16;
 
-/// The single entry of the global configuration array.
+/// The single entry of the global configuration array. All zero is the strictest reading:
+/// route check on, no tunnels, and (with no bridge ifindex) every route lookup fails, which
+/// drops every host-bound IP packet without an allow rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalConfig {
@@ -159,9 +188,56 @@ pub struct GlobalConfig {
     /// Most drop events per second per port (`event::DEFAULT_EVENT_RATE` unless configured);
     /// 0: no events at all, whether a reader is attached or not.
     pub event_rate: u32,
+    /// The guest bridge: the input device of the route check (where the host stack receives
+    /// what the bridge passes up).
+    pub bridge_ifindex: u32,
     /// Reserved for later use; must be zero.
-    pub reserved: [u32; 2],
+    pub reserved: u32,
 }
+
+/// A set of UDP ports, one bit each (`bits[port / 64] >> (port % 64) & 1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSet {
+    pub bits: [u64; 1024],
+}
+
+impl PortSet {
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { bits: [0; 1024] }
+    }
+
+    pub const fn insert(&mut self, port: u16) {
+        self.bits[(port >> 6) as usize] |= 1 << (port & 63);
+    }
+
+    #[inline(always)]
+    #[must_use]
+    pub const fn contains(&self, port: u16) -> bool {
+        self.bits[(port >> 6) as usize] >> (port & 63) & 1 != 0
+    }
+
+    /// The ports in the set, ascending.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..=u16::MAX).filter(|p| self.contains(*p))
+    }
+}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// UDP ports of tunnels a host may decapsulate, in every default tunnel set: L2TP (1701),
+/// GTP-U (2152), GRE-in-UDP (4754), VXLAN (4789, and Linux's historical default 8472),
+/// VXLAN-GPE (4790), GENEVE (6081), MPLS-in-UDP (6635).
+pub const DEFAULT_TUNNEL_PORTS: [u16; 8] = [1701, 2152, 4754, 4789, 4790, 6081, 6635, 8472];
+
+/// IP protocols that are tunnel encapsulations the host decapsulates when it has the device:
+/// IPIP (4), IPv6 in IPv4, SIT (41), GRE (47), ETHERIP (97), L2TP version 3 (115), MPLS-in-IP (137).
+pub const TUNNEL_PROTOCOLS: [u8; 6] = [4, 41, 47, 97, 115, 137];
 
 /// A per-CPU counter slot.
 #[repr(C)]
@@ -183,6 +259,7 @@ const _: () = assert!(size_of::<Lpm6Key>() == 20);
 const _: () = assert!(size_of::<RuleValue>() == 8);
 const _: () = assert!(size_of::<PortConfig>() == 8);
 const _: () = assert!(size_of::<GlobalConfig>() == 16);
+const _: () = assert!(size_of::<PortSet>() == 8192);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(MAX_PORT_SLOTS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
 const _: () = assert!(reason::COUNT <= REASON_SLOTS);
@@ -197,6 +274,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortConfig {}
     unsafe impl aya::Pod for super::GlobalConfig {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::mac::MacTable {}
     unsafe impl aya::Pod for super::event::DropEvent {}
     unsafe impl aya::Pod for super::event::EventReader {}

@@ -17,13 +17,12 @@ pub fn classify<F: Frame>(f: &F, o: usize) -> Result<Outcome, Malformed> {
     if h.htype != [0, 1] || h.ptype != [0x08, 0x00] || h.hlen != 6 || h.plen != 4 {
         return Err(Malformed);
     }
-    let target = policy::judge_v4(h.tpa, reason::DENY_ARP);
-    if target.reason == reason::DENY_ARP {
-        return Ok(target);
+    let target = policy::v4(h.tpa);
+    if let Some(id) = target.deny() {
+        return Ok(Outcome::new(reason::DENY_ARP, id));
     }
-    let sender = policy::judge_v4(h.spa, reason::DENY_ARP);
-    if sender.reason == reason::DENY_ARP {
-        return Ok(sender);
+    if let Some(id) = policy::v4(h.spa).deny() {
+        return Ok(Outcome::new(reason::DENY_ARP, id));
     }
-    Ok(target)
+    Ok(target.outcome(reason::DENY_ARP))
 }

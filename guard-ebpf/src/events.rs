@@ -142,7 +142,7 @@ pub fn emit<F: Frame>(f: &F, ifindex: u32, slot: u32, reason: u32, rule_id: u32)
             // LLVM folds `cap > 0` into a packet-pointer compare the verifier cannot connect
             // to `cap`; the opaque value plus mask and add give it the range explicitly.
             let cap = (core::hint::black_box(cap).wrapping_sub(1) & SNAP_MASK) + 1;
-            if f.load_head((*ev).data.as_mut_ptr(), cap) {
+            if f.load(0, (*ev).data.as_mut_ptr(), cap) {
                 (*ev).cap_len = cap as u16;
             }
         }

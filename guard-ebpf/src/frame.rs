@@ -5,10 +5,15 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     cty::c_void,
-    helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::{bpf_fib_lookup as fib_lookup_helper, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
+
+/// `sizeof(struct bpf_fib_lookup)`, the length `bpf_fib_lookup` is given.
+const FIB_PARAMS_LEN: i32 = 64;
+const _: () = assert!(size_of::<bpf_fib_lookup>() == FIB_PARAMS_LEN as usize);
 
 /// The parser could not finish: a header it needs is missing, cut short or invalid (rule 4 of the verdict order: fail closed when the frame is addressed to the host).
 pub struct Malformed;
@@ -26,12 +31,15 @@ pub trait Frame {
     fn tags_stripped(&self) -> u32;
     /// The TCI of the tag the hook took out (meaningful when `tags_stripped() == 1`).
     fn stripped_tci(&self) -> u16;
-    /// Copies `len` bytes from the start of the frame to `dst` with the hook's load helper
-    /// (which also reads non-linear data). Only on the event path.
+    /// Copies `len` bytes from `offset` of the frame to `dst` with the hook's load helper
+    /// (which also reads non-linear data). Off the hot path only: the event path, and IPv4
+    /// options (whose byte-by-byte walk the verifier cannot follow on packet pointers).
     ///
     /// # Safety
     /// `dst` must be valid for `len` bytes of writes.
-    unsafe fn load_head(&self, dst: *mut u8, len: u32) -> bool;
+    unsafe fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
+    /// `bpf_fib_lookup` in the network namespace of the device the program runs on.
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64;
 
     /// The `T` at `offset`, bounds-checked against the readable bytes. Only used with types of
     /// alignment 1 (byte arrays and network-types headers made of them), so the reference is
@@ -88,9 +96,14 @@ impl Frame for XdpContext {
         0
     }
     #[inline(always)]
-    unsafe fn load_head(&self, dst: *mut u8, len: u32) -> bool {
+    unsafe fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: `ctx` is this run's `xdp_md`; the caller vouches for `dst`.
-        unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst.cast::<c_void>(), len) == 0 }
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast::<c_void>(), len) == 0 }
+    }
+    #[inline(always)]
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64 {
+        // SAFETY: `ctx` is this run's `xdp_md`; `params` is a live, full-size struct.
+        unsafe { fib_lookup_helper(self.ctx.cast::<c_void>(), params, FIB_PARAMS_LEN, flags) }
     }
 }
 
@@ -131,10 +144,20 @@ impl Frame for TcContext {
         unsafe { (*self.skb.skb).vlan_tci as u16 }
     }
     #[inline(always)]
-    unsafe fn load_head(&self, dst: *mut u8, len: u32) -> bool {
+    unsafe fn load(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: `skb` is this run's `__sk_buff`; the caller vouches for `dst`.
         unsafe {
-            bpf_skb_load_bytes(self.skb.skb.cast::<c_void>(), 0, dst.cast::<c_void>(), len) == 0
+            bpf_skb_load_bytes(
+                self.skb.skb.cast::<c_void>(),
+                offset,
+                dst.cast::<c_void>(),
+                len,
+            ) == 0
         }
+    }
+    #[inline(always)]
+    fn fib_lookup(&self, params: &mut bpf_fib_lookup, flags: u32) -> i64 {
+        // SAFETY: `skb` is this run's `__sk_buff`; `params` is a live, full-size struct.
+        unsafe { fib_lookup_helper(self.skb.skb.cast::<c_void>(), params, FIB_PARAMS_LEN, flags) }
     }
 }

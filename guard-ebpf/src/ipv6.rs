@@ -1,11 +1,13 @@
-//! IPv6 and neighbour solicitation (step 6 of docs/datapath.md).
+//! IPv6 and neighbour solicitation (step 6 of docs/datapath.md, then steps 8-9 through
+//! `policy::judge_ip`).
 
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
     Outcome,
     frame::{Frame, Malformed},
-    policy,
+    policy::{self, Config},
+    route::{self, Route},
 };
 use guard_common::{MAX_IPV6_EXT_HEADERS, reason};
 
@@ -25,12 +27,19 @@ const fn is_ext_header(nh: u8) -> bool {
     )
 }
 
+/// Multicast (`ff00::/8`) or link-local (`fe80::/10`): never forwarded, and a link-local
+/// destination is only local when it belongs to the receiving device (the bridge).
+#[inline(always)]
+const fn is_scoped(dst: &[u8; 16]) -> bool {
+    dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80)
+}
+
 #[inline(always)]
 #[expect(
     clippy::many_single_char_names,
     reason = "f, o, h, q: frame, header offset, header, cursor, as in the other parsers"
 )]
-pub fn classify<F: Frame>(f: &F, o: usize) -> Result<Outcome, Malformed> {
+pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malformed> {
     let h: &Ipv6Hdr = f.at(o)?;
     if h.vcf[0] >> 4 != 6 {
         return Err(Malformed);
@@ -39,18 +48,31 @@ pub fn classify<F: Frame>(f: &F, o: usize) -> Result<Outcome, Malformed> {
     if !f.has(o, Ipv6Hdr::LEN + payload) {
         return Err(Malformed);
     }
-    let dst = policy::judge_v6(h.dst_addr, reason::DENY_IPV6);
-    if dst.reason == reason::DENY_IPV6 {
-        return Ok(dst);
+    let dst = h.dst_addr;
+    let rule = policy::v6(dst);
+    if let Some(id) = rule.deny() {
+        return Ok(Outcome::new(reason::DENY_IPV6, id));
     }
-    // Not denied by destination: a neighbour solicitation may still ask about a protected
-    // target (it goes to a solicited-node multicast address), so find the upper layer.
+    // Not denied by destination: walk to the upper layer. A routing header with segments left
+    // would make the host rewrite the destination; a neighbour solicitation may ask about a
+    // protected target (it goes to a solicited-node multicast address); a tunnel would be
+    // decapsulated.
     let mut nh = h.next_hdr;
     let mut q = o + Ipv6Hdr::LEN;
     let mut walked = 0;
+    // The upper layer is in this frame (not a later fragment).
+    let mut upper = true;
     while walked < MAX_IPV6_EXT_HEADERS {
         match nh {
-            NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => {
+            NH_ROUTING => {
+                let e: &[u8; 4] = f.at(q)?;
+                if e[3] != 0 {
+                    return Ok(Outcome::new(reason::DENY_SRCROUTE, 0));
+                }
+                nh = e[0];
+                q = q.wrapping_add((usize::from(e[1]) + 1) * 8);
+            }
+            NH_HOP_BY_HOP | NH_DEST_OPTS => {
                 let e: &[u8; 2] = f.at(q)?;
                 nh = e[0];
                 q = q.wrapping_add((usize::from(e[1]) + 1) * 8);
@@ -65,7 +87,8 @@ pub fn classify<F: Frame>(f: &F, o: usize) -> Result<Outcome, Malformed> {
                 nh = e[0];
                 if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
                     // A later fragment: the upper layer is not in this frame.
-                    return Ok(dst);
+                    upper = false;
+                    break;
                 }
                 q = q.wrapping_add(8);
             }
@@ -73,18 +96,27 @@ pub fn classify<F: Frame>(f: &F, o: usize) -> Result<Outcome, Malformed> {
         }
         walked += 1;
     }
-    if is_ext_header(nh) {
+    if upper && is_ext_header(nh) {
         return Err(Malformed);
     }
-    if nh == NH_ICMPV6 {
+    if upper && nh == NH_ICMPV6 {
         let icmp: &[u8; 4] = f.at(q)?;
         if icmp[0] == ICMPV6_NEIGHBOUR_SOLICITATION {
             let target: &[u8; 16] = f.at(q.wrapping_add(8))?;
-            let ns = policy::judge_v6(*target, reason::DENY_NDP);
-            if ns.reason == reason::DENY_NDP {
-                return Ok(ns);
+            if let Some(id) = policy::v6(*target).deny() {
+                return Ok(Outcome::new(reason::DENY_NDP, id));
             }
         }
     }
-    Ok(dst)
+    if is_scoped(&dst) {
+        return Ok(rule.outcome(reason::DENY_IPV6));
+    }
+    let tunnel = upper && !cfg.tunnels_allowed() && policy::is_tunnel(f, nh, q);
+    let route = if policy::needs_route(cfg, rule, tunnel) {
+        let flowinfo = u32::from_be_bytes(h.vcf) & 0x0fff_ffff;
+        route::v6(f, &cfg, &h.src_addr, &dst, flowinfo.to_be(), nh)
+    } else {
+        Route::NONE
+    };
+    Ok(policy::judge_ip(cfg, rule, tunnel, route))
 }

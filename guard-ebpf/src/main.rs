@@ -23,6 +23,7 @@ mod ipv4;
 mod ipv6;
 mod maps;
 mod policy;
+mod route;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -38,7 +39,8 @@ use guard_common::{
 use crate::{
     eth::{ETH_HLEN, P_ARP, P_IPV4, P_IPV6},
     frame::{Frame, Malformed},
-    maps::{CONFIG, COUNTERS, PORTS, RULE_HITS},
+    maps::{COUNTERS, PORTS, RULE_HITS},
+    policy::Config,
 };
 
 /// What the classifier decided: a reason code (which implies the verdict) and the deny rule
@@ -57,34 +59,47 @@ impl Outcome {
     }
 }
 
-/// Steps 1-7 of docs/datapath.md. Every `Malformed` is turned into a drop here, never a pass.
+/// Steps 1-9 of docs/datapath.md. Every `Malformed` is turned into a drop here, never a pass.
+/// `ALL_HOST_BOUND`: the bridge device's hook, where every frame is host-bound (step 2 is
+/// skipped, so no host MAC that discovery missed can let a frame through).
 #[inline(always)]
-fn classify<F: Frame>(f: &F) -> Outcome {
-    match try_classify(f) {
+fn classify<F: Frame, const ALL_HOST_BOUND: bool>(f: &F) -> (Outcome, Config) {
+    let mut cfg = Config {
+        flags: 0,
+        bridge_ifindex: 0,
+    };
+    let outcome = match try_classify::<F, ALL_HOST_BOUND>(f, &mut cfg) {
         Ok(outcome) => outcome,
         Err(Malformed) => Outcome::new(reason::MALFORMED, 0),
-    }
+    };
+    (outcome, cfg)
 }
 
 #[inline(always)]
-fn try_classify<F: Frame>(f: &F) -> Result<Outcome, Malformed> {
+fn try_classify<F: Frame, const ALL_HOST_BOUND: bool>(
+    f: &F,
+    cfg: &mut Config,
+) -> Result<Outcome, Malformed> {
     let eth: &[u8; ETH_HLEN] = f.at(0)?;
-    if !eth::host_bound(eth) {
+    if !ALL_HOST_BOUND && !eth::host_bound(eth) {
         return Ok(Outcome::new(reason::NOT_HOST, 0));
     }
+    // Read once for the frame, and handed to `account` for the monitor flag.
+    *cfg = Config::load();
     let (proto, off) = eth::skip_vlans(f, eth, f.tags_stripped())?;
     match proto {
-        P_IPV4 => ipv4::classify(f, off),
-        P_IPV6 => ipv6::classify(f, off),
+        P_IPV4 => ipv4::classify(f, off, *cfg),
+        P_IPV6 => ipv6::classify(f, off, *cfg),
         P_ARP => arp::classify(f, off),
         _ => Ok(Outcome::new(reason::HOST_PASS, 0)),
     }
 }
 
 /// The single exit: applies monitor mode, bumps one counter slot (and the deny rule's hit
-/// counter), and returns whether to drop.
+/// counter), and returns whether to drop. `cfg` is what the classifier read (all zero on the
+/// not-host path, which never drops).
 #[inline(always)]
-fn account<F: Frame>(f: &F, outcome: Outcome) -> bool {
+fn account<F: Frame>(f: &F, (outcome, cfg): (Outcome, Config)) -> bool {
     let ifindex = f.ingress_ifindex();
     let port = PORTS
         .get(ifindex)
@@ -92,8 +107,8 @@ fn account<F: Frame>(f: &F, outcome: Outcome) -> bool {
         .unwrap_or(PortConfig { slot: 0, flags: 0 });
     let mut reason = outcome.reason;
     let mut drop = reason::is_drop(reason);
-    if drop && monitored(port.flags) {
-        reason = reason.wrapping_add(reason::MONITOR_OFFSET);
+    if drop && (port.flags & PORT_FLAG_MONITOR != 0 || cfg.flags & GLOBAL_FLAG_MONITOR != 0) {
+        reason = reason::monitor_of(reason);
         drop = false;
     }
     let slot = if port.slot < MAX_PORT_SLOTS {
@@ -123,21 +138,13 @@ fn account<F: Frame>(f: &F, outcome: Outcome) -> bool {
     drop
 }
 
-#[inline(always)]
-fn monitored(port_flags: u32) -> bool {
-    port_flags & PORT_FLAG_MONITOR != 0
-        || CONFIG
-            .get(0)
-            .is_some_and(|c| c.flags & GLOBAL_FLAG_MONITOR != 0)
-}
-
 #[xdp]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] macro's signature"
 )]
 pub fn guard_xdp(ctx: XdpContext) -> u32 {
-    if account(&ctx, classify(&ctx)) {
+    if account(&ctx, classify::<_, false>(&ctx)) {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -149,12 +156,29 @@ pub fn guard_xdp(ctx: XdpContext) -> u32 {
 /// longer than this; those fail closed.
 const TC_PULL_BYTES: u32 = 512;
 
+/// A port's TC ingress hook.
 #[classifier]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[classifier] macro's signature"
 )]
 pub fn guard_tc(ctx: TcContext) -> i32 {
+    tc_verdict::<false>(&ctx)
+}
+
+/// The backstop on the bridge device's TC ingress: it sees exactly what the bridge passes up
+/// to the host, so every frame is judged as host-bound.
+#[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[classifier] macro's signature"
+)]
+pub fn guard_bridge(ctx: TcContext) -> i32 {
+    tc_verdict::<true>(&ctx)
+}
+
+#[inline(always)]
+fn tc_verdict<const ALL_HOST_BOUND: bool>(ctx: &TcContext) -> i32 {
     let want = if ctx.len() < TC_PULL_BYTES {
         ctx.len()
     } else {
@@ -166,7 +190,7 @@ pub fn guard_tc(ctx: TcContext) -> i32 {
         // On failure the parser sees fewer bytes and fails closed for host-bound frames.
         let _ = ctx.pull_data(want);
     }
-    if account(&ctx, classify(&ctx)) {
+    if account(ctx, classify::<_, ALL_HOST_BOUND>(ctx)) {
         TC_ACT_SHOT
     } else {
         TC_ACT_OK

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     Counter, GlobalConfig, MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE, PortConfig,
-    REASON_SLOTS, RuleValue,
+    PortSet, REASON_SLOTS, RuleValue,
     event::{EVENT_RING_BYTES, EventReader, EventStats, EventWindow},
     mac::MacTable,
 };
@@ -18,7 +18,9 @@ use guard_common::{
 #[map(name = "GUARD_CONFIG")]
 pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
 
-/// Port table, indexed by ingress ifindex.
+/// Port table, indexed by ifindex: the ports (and the bridge) a program runs on, with their
+/// counter slot; and the interfaces the route check lets the kernel forward to
+/// (`PORT_FLAG_EGRESS_OK`).
 #[map(name = "GUARD_PORTS")]
 pub static PORTS: Array<PortConfig> = Array::with_max_entries(PORT_TABLE_SIZE, 0);
 
@@ -60,3 +62,7 @@ pub static EVENT_RATE: Array<EventWindow> = Array::with_max_entries(MAX_PORT_SLO
 /// Events sampled, suppressed by the rate limit, lost to a full ring (one per-CPU entry).
 #[map(name = "GUARD_EV_STATS")]
 pub static EVENT_STATS: PerCpuArray<EventStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// UDP ports of tunnels the host may decapsulate (one entry).
+#[map(name = "GUARD_TUN_PORTS")]
+pub static TUNNEL_PORTS: Array<PortSet> = Array::with_max_entries(1, 0);

@@ -23,8 +23,10 @@ use aya::{
     },
 };
 use guard_common::{
-    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_STRICT_MAC, GlobalConfig, MAX_PORT_SLOTS, PORT_FLAG_MONITOR,
-    PortConfig, event::DEFAULT_EVENT_RATE, map_names, program_names,
+    DEFAULT_TUNNEL_PORTS, GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_FIB_SKIP_NEIGH,
+    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_STRICT_MAC, GlobalConfig,
+    MAX_PORT_SLOTS, PORT_FLAG_EGRESS_OK, PORT_FLAG_MONITOR, PortConfig, PortSet,
+    event::DEFAULT_EVENT_RATE, map_names, program_names,
 };
 
 use crate::{
@@ -124,8 +126,16 @@ enum Programs {
     Pinned {
         xdp: Box<Xdp>,
         tc: Box<SchedClassifier>,
+        bridge: Box<SchedClassifier>,
     },
 }
+
+/// The pin names of the programs (`prog_<name>`) and their names in the object.
+const PROGRAM_PINS: [(&str, &str); 3] = [
+    ("xdp", program_names::XDP),
+    ("tc", program_names::TC),
+    ("bridge", program_names::BRIDGE),
+];
 
 impl Programs {
     fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -139,13 +149,20 @@ impl Programs {
         }
     }
 
-    fn tc(&mut self) -> Result<&mut SchedClassifier> {
+    /// A TC program: the bridge device's backstop, or a port's.
+    fn tc_for(&mut self, is_bridge: bool) -> Result<&mut SchedClassifier> {
+        let name = if is_bridge {
+            program_names::BRIDGE
+        } else {
+            program_names::TC
+        };
         match self {
             Self::Loaded(ebpf) => ebpf
-                .program_mut(program_names::TC)
-                .ok_or_else(|| GuardError::program(program_names::TC, missing()))?
+                .program_mut(name)
+                .ok_or_else(|| GuardError::program(name, missing()))?
                 .try_into()
-                .map_err(|e| GuardError::program(program_names::TC, e)),
+                .map_err(|e| GuardError::program(name, e)),
+            Self::Pinned { bridge, .. } if is_bridge => Ok(bridge),
             Self::Pinned { tc, .. } => Ok(tc),
         }
     }
@@ -185,8 +202,9 @@ impl Guard {
         })?;
         let id = object_id(object);
         let reuse_progs = old_state.as_ref().is_some_and(|s| s.object_id == id)
-            && loc.prog_pin("xdp").exists()
-            && loc.prog_pin("tc").exists();
+            && PROGRAM_PINS
+                .iter()
+                .all(|(pin, _)| loc.prog_pin(pin).exists());
         let result = (|| {
             if reuse_progs {
                 let maps = GuardMaps::open(loc)?;
@@ -197,11 +215,14 @@ impl Guard {
                 .map_err(|e| GuardError::program(program_names::XDP, e))?;
                 let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
                     .map_err(|e| GuardError::program(program_names::TC, e))?;
+                let bridge = SchedClassifier::from_pin(loc.prog_pin("bridge"))
+                    .map_err(|e| GuardError::program(program_names::BRIDGE, e))?;
                 return Ok((
                     maps,
                     Programs::Pinned {
                         xdp: Box::new(xdp),
                         tc: Box::new(tc),
+                        bridge: Box::new(bridge),
                     },
                 ));
             }
@@ -222,10 +243,16 @@ impl Guard {
                 .xdp()?
                 .load()
                 .map_err(|e| GuardError::program(program_names::XDP, e))?;
-            progs
-                .tc()?
-                .load()
-                .map_err(|e| GuardError::program(program_names::TC, e))?;
+            for is_bridge in [false, true] {
+                progs.tc_for(is_bridge)?.load().map_err(|e| {
+                    let name = if is_bridge {
+                        program_names::BRIDGE
+                    } else {
+                        program_names::TC
+                    };
+                    GuardError::program(name, e)
+                })?;
+            }
             Ok((maps, progs))
         })();
         let (maps, progs) = match result {
@@ -313,22 +340,7 @@ impl Guard {
         let o = self.state.options.clone();
         let hook = Hook::parse(&o.hook)?;
 
-        // Global flags.
-        let mut flags = 0;
-        if o.strict_mac {
-            flags |= GLOBAL_FLAG_STRICT_MAC;
-        }
-        if o.monitor {
-            flags |= GLOBAL_FLAG_MONITOR;
-        }
-        let cfg = GlobalConfig {
-            flags,
-            event_rate: o.event_rate.unwrap_or(DEFAULT_EVENT_RATE),
-            reserved: [0; 2],
-        };
-        if self.maps.config()? != cfg {
-            self.maps.set_config(cfg)?;
-        }
+        self.set_config(discovery)?;
 
         // Host MACs: discovered plus configured.
         let mut macs: BTreeMap<Mac, String> = discovery
@@ -386,9 +398,13 @@ impl Guard {
                 self.maps.reset_counters(slot)?;
                 slot
             };
+            let mut port_flags = if monitor { PORT_FLAG_MONITOR } else { 0 };
+            if is_bridge {
+                port_flags |= PORT_FLAG_EGRESS_OK;
+            }
             let port_cfg = PortConfig {
                 slot,
-                flags: if monitor { PORT_FLAG_MONITOR } else { 0 },
+                flags: port_flags,
             };
             if self.maps.port(iface.index)? != port_cfg {
                 self.maps.set_port(iface.index, port_cfg)?;
@@ -417,8 +433,101 @@ impl Guard {
                 },
             );
         }
+        self.set_egress(discovery)?;
         self.state.updated = now();
         Ok(changes)
+    }
+
+    /// Marks the interfaces the route check lets guests be routed out of: the bridge (back to
+    /// the guests) and the uplinks (configured, or those carrying a default route). Marks are
+    /// added before stale ones are cleared.
+    fn set_egress(&mut self, discovery: &Discovery) -> Result<()> {
+        let o = &self.state.options;
+        let mut want: BTreeMap<u32, String> = BTreeMap::new();
+        want.insert(discovery.bridge.index, discovery.bridge.name.clone());
+        if o.uplinks.is_empty() {
+            for i in discovery.uplinks() {
+                if let Some(iface) = discovery.iface(i) {
+                    want.insert(i, iface.name.clone());
+                }
+            }
+        } else {
+            for name in &o.uplinks {
+                let iface = discovery
+                    .ifaces
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .ok_or_else(|| GuardError::NoSuchInterface(name.clone()))?;
+                want.insert(iface.index, iface.name.clone());
+            }
+        }
+        for &ifindex in want.keys() {
+            let mut cfg = self.maps.port(ifindex)?;
+            if cfg.flags & PORT_FLAG_EGRESS_OK == 0 {
+                cfg.flags |= PORT_FLAG_EGRESS_OK;
+                self.maps.set_port(ifindex, cfg)?;
+            }
+        }
+        let stale: Vec<u32> = self
+            .state
+            .egress
+            .keys()
+            .filter(|i| !want.contains_key(i))
+            .copied()
+            .collect();
+        for ifindex in stale {
+            let mut cfg = self.maps.port(ifindex)?;
+            if cfg.flags & PORT_FLAG_EGRESS_OK != 0 {
+                cfg.flags &= !PORT_FLAG_EGRESS_OK;
+                self.maps.set_port(ifindex, cfg)?;
+            }
+        }
+        self.state.egress = want;
+        Ok(())
+    }
+
+    /// The global flags, the route check's input interface, and the tunnel ports.
+    fn set_config(&mut self, discovery: &Discovery) -> Result<()> {
+        let o = &self.state.options;
+        // Global flags and the route check's input interface.
+        let mut flags = 0;
+        for (on, flag) in [
+            (o.strict_mac, GLOBAL_FLAG_STRICT_MAC),
+            (o.monitor, GLOBAL_FLAG_MONITOR),
+            (o.allow_tunnels, GLOBAL_FLAG_ALLOW_TUNNELS),
+            (!o.route_check, GLOBAL_FLAG_NO_ROUTE_CHECK),
+            (fib_skips_neigh(), GLOBAL_FLAG_FIB_SKIP_NEIGH),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        let cfg = GlobalConfig {
+            flags,
+            event_rate: o.event_rate.unwrap_or(DEFAULT_EVENT_RATE),
+            bridge_ifindex: discovery.bridge.index,
+            reserved: 0,
+        };
+        if self.maps.config()? != cfg {
+            self.maps.set_config(cfg)?;
+        }
+
+        // Tunnel ports: the well-known ones, the host's tunnel devices', the configured.
+        let ports: BTreeSet<u16> = DEFAULT_TUNNEL_PORTS
+            .iter()
+            .copied()
+            .chain(discovery.tunnel_ports())
+            .chain(o.tunnel_ports.iter().copied())
+            .collect();
+        let mut set = Box::new(PortSet::new());
+        for p in &ports {
+            set.insert(*p);
+        }
+        if *self.maps.tunnel_ports()? != *set {
+            self.maps.set_tunnel_ports(&set)?;
+        }
+        self.state.tunnel_ports = ports.into_iter().collect();
+        Ok(())
     }
 
     fn free_slot(&self) -> Result<u32> {
@@ -452,13 +561,13 @@ impl Guard {
             && k.mode != HookMode::Tc
             && self.loc.link_pin(k.mode.pin_name(), iface.index).exists()
         {
-            self.swap(iface, k.mode)?;
+            self.swap(iface, k.mode, is_bridge)?;
             return Ok((k.mode, k.fallback.clone()));
         }
         if let Some(k) = known
             && k.mode == HookMode::Tc
         {
-            self.swap(iface, HookMode::Tc)?;
+            self.swap(iface, HookMode::Tc, is_bridge)?;
             return Ok((k.mode, k.fallback.clone()));
         }
         if known.is_none() {
@@ -467,14 +576,14 @@ impl Guard {
             for &mode in candidates {
                 if mode != HookMode::Tc && self.loc.link_pin(mode.pin_name(), iface.index).exists()
                 {
-                    self.swap(iface, mode)?;
+                    self.swap(iface, mode, is_bridge)?;
                     return Ok((mode, Some("adopted a pinned link without state".to_owned())));
                 }
             }
         }
         let mut refused = Vec::new();
         for &mode in candidates {
-            match self.hook_new(iface, mode) {
+            match self.hook_new(iface, mode, is_bridge) {
                 Ok(()) => {
                     let fallback = (!refused.is_empty()).then(|| refused.join("; "));
                     if let Some(f) = &fallback {
@@ -491,7 +600,7 @@ impl Guard {
         })
     }
 
-    fn hook_new(&mut self, iface: &Iface, mode: HookMode) -> Result<()> {
+    fn hook_new(&mut self, iface: &Iface, mode: HookMode, is_bridge: bool) -> Result<()> {
         let pin = self.loc.link_pin(mode.pin_name(), iface.index);
         let fd_link: FdLink = match mode {
             HookMode::XdpNative | HookMode::XdpGeneric => {
@@ -513,7 +622,7 @@ impl Guard {
                 })?
             }
             HookMode::Tcx => {
-                let tc = self.progs.tc()?;
+                let tc = self.progs.tc_for(is_bridge)?;
                 let id = tc
                     .attach_with_options(
                         &iface.name,
@@ -543,7 +652,7 @@ impl Guard {
                         ));
                     }
                 }
-                let tc = self.progs.tc()?;
+                let tc = self.progs.tc_for(is_bridge)?;
                 let id = tc
                     .attach_with_options(
                         &iface.name,
@@ -571,7 +680,7 @@ impl Guard {
     }
 
     /// Replaces the program behind an existing hook, atomically.
-    fn swap(&mut self, iface: &Iface, mode: HookMode) -> Result<()> {
+    fn swap(&mut self, iface: &Iface, mode: HookMode, is_bridge: bool) -> Result<()> {
         let pin = self.loc.link_pin(mode.pin_name(), iface.index);
         let link_err = |path: &std::path::Path, e| GuardError::Link {
             path: path.to_owned(),
@@ -593,7 +702,7 @@ impl Guard {
                 let pinned = PinnedLink::from_pin(&pin).map_err(|e| link_err(&pin, e))?;
                 let link = SchedClassifierLink::try_from(FdLink::from(pinned))
                     .map_err(|e| link_err(&pin, e))?;
-                let tc = self.progs.tc()?;
+                let tc = self.progs.tc_for(is_bridge)?;
                 let id = tc
                     .attach_to_link(link)
                     .map_err(|e| GuardError::program(program_names::TC, e))?;
@@ -613,7 +722,7 @@ impl Guard {
                         ProgramError::from(tc::TcError::IoError(e)),
                     )
                 })?;
-                let tc = self.progs.tc()?;
+                let tc = self.progs.tc_for(is_bridge)?;
                 let id = tc
                     .attach_to_link(link)
                     .map_err(|e| GuardError::program(program_names::TC, e))?;
@@ -639,23 +748,22 @@ impl Guard {
         if matches!(self.progs, Programs::Pinned { .. }) {
             return Ok(());
         }
-        for (hook, name) in [("xdp", program_names::XDP), ("tc", program_names::TC)] {
-            let path = self.loc.prog_pin(hook);
+        for (pin, _) in PROGRAM_PINS {
+            let path = self.loc.prog_pin(pin);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => return Err(GuardError::Bpffs { path, source }),
             }
-            let res = if hook == "xdp" {
-                self.progs.xdp()?.pin(&path)
-            } else {
-                self.progs.tc()?.pin(&path)
+            let res = match pin {
+                "xdp" => self.progs.xdp()?.pin(&path),
+                "tc" => self.progs.tc_for(false)?.pin(&path),
+                _ => self.progs.tc_for(true)?.pin(&path),
             };
             res.map_err(|e| GuardError::Pin {
                 path: path.clone(),
                 source: Box::new(e),
             })?;
-            let _ = name;
         }
         Ok(())
     }
@@ -784,6 +892,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     parts.join(": ")
+}
+
+/// Does this kernel take `BPF_FIB_LOOKUP_SKIP_NEIGH` (Linux 6.3, which also made the route
+/// lookup report the egress interface of a next hop without a neighbour entry)? An unknown
+/// flag fails every lookup with `EINVAL` (and guard then drops every routed frame), so
+/// anything that cannot be read says no.
+#[must_use]
+pub fn fib_skips_neigh() -> bool {
+    let Ok(release) = fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    matches!((next(), next()), (Some(major), Some(minor)) if (major, minor) >= (6, 3))
 }
 
 /// The default object: the release build embedded in this binary.

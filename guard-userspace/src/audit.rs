@@ -1475,6 +1475,7 @@ mod tests {
             ifname: ifname.into(),
             addr,
             prefix_len,
+            peer: None,
         }
     }
 

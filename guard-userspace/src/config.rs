@@ -4,7 +4,11 @@
 //! [[bridge]]
 //! name = "br-guest"
 //! hook = "xdp"                 # xdp | xdp-generic | tc | tcx
-//! bridge_hook = false          # also TC ingress on the bridge device
+//! bridge_hook = true           # the backstop: TC ingress on the bridge device
+//! route_check = true           # judge by the kernel's route lookup too
+//! allow_tunnels = false        # let tunnel encapsulations to the host through
+//! tunnel_ports = [5555]        # more UDP tunnel ports (FOU, ...)
+//! uplinks = ["eth0"]           # where guests may be routed (default: default-route links)
 //! monitor = false              # count and report, do not drop
 //! strict_mac = false           # only unicast host MACs are host-bound
 //! protect = ["10.20.0.0/24=storage", "10.10.0.0/24=management"]   # empty: discovered set
@@ -43,8 +47,16 @@ pub struct BridgeConfig {
     pub name: Spanned<String>,
     #[serde(default)]
     pub hook: Option<Spanned<String>>,
-    #[serde(default)]
+    #[serde(default = "yes")]
     pub bridge_hook: bool,
+    #[serde(default = "yes")]
+    pub route_check: bool,
+    #[serde(default)]
+    pub allow_tunnels: bool,
+    #[serde(default)]
+    pub tunnel_ports: Vec<u16>,
+    #[serde(default)]
+    pub uplinks: Vec<String>,
     #[serde(default)]
     pub monitor: bool,
     #[serde(default)]
@@ -60,6 +72,10 @@ pub struct BridgeConfig {
     /// Most drop events per second per port (0: none); default 100.
     #[serde(default)]
     pub event_rate: Option<u32>,
+}
+
+const fn yes() -> bool {
+    true
 }
 
 /// A configuration error at a place in a file.
@@ -199,6 +215,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Options {
                 hook,
                 bridge_hook: b.bridge_hook,
+                route_check: b.route_check,
+                allow_tunnels: b.allow_tunnels,
+                tunnel_ports: b.tunnel_ports,
+                uplinks: b.uplinks,
                 monitor: b.monitor,
                 strict_mac: b.strict_mac,
                 protect,

@@ -4,18 +4,30 @@
 //! - every MAC the host accepts on that bridge (../shared/docs/threat-model.md): the bridge's
 //!   own MAC, the bridge's local FDB entries (each port's own MAC is a permanent local entry and
 //!   frames to it go up to the host), and the MAC of every other local interface;
-//! - every address the host holds, for the default protected set.
+//! - every address the host holds, for the default protected set (with the peer prefix of a
+//!   point-to-point address);
+//! - the routes of the main table: the networks the host reaches through its other
+//!   interfaces, and which interfaces carry a default route (the uplinks);
+//! - the UDP ports of the tunnel devices the host has (VXLAN, GENEVE).
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use futures::TryStreamExt as _;
+use ipnet::IpNet;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{
+        InfoData, InfoGeneve, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    },
     neighbour::{NeighbourAttribute, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
 };
-use rtnetlink::Handle;
+use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::Serialize;
 
 use crate::error::{GuardError, Result};
@@ -34,6 +46,8 @@ pub struct Iface {
     pub is_bridge: bool,
     pub is_loopback: bool,
     pub up: bool,
+    /// The UDP port a VXLAN or GENEVE device listens on (on every address unless bound).
+    pub tunnel_port: Option<u16>,
 }
 
 /// Why a MAC is in the host set.
@@ -67,7 +81,32 @@ pub struct HostAddr {
     pub ifindex: u32,
     pub ifname: String,
     pub addr: IpAddr,
+    /// The prefix length: of `addr`'s network, or of the peer's on a point-to-point address.
     pub prefix_len: u8,
+    /// The peer of a point-to-point address (`ip addr add A peer P/len`: `IFA_ADDRESS`
+    /// differs from `IFA_LOCAL`, and `prefix_len` belongs to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<IpAddr>,
+}
+
+impl HostAddr {
+    /// The network this address reaches: the peer's prefix on a point-to-point address,
+    /// else the address's own.
+    #[must_use]
+    pub fn network(&self) -> Option<IpNet> {
+        IpNet::new(self.peer.unwrap_or(self.addr), self.prefix_len)
+            .ok()
+            .map(|n| n.trunc())
+    }
+}
+
+/// A unicast route of the main table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostRoute {
+    pub dst: IpNet,
+    /// The output interface (the first next hop's for a multipath route).
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
 }
 
 /// A snapshot of the bridge and the host.
@@ -82,6 +121,32 @@ pub struct Discovery {
     /// decides what to protect).
     pub addrs: Vec<HostAddr>,
     pub ifaces: Vec<Iface>,
+    /// The unicast routes of the main table.
+    pub routes: Vec<HostRoute>,
+}
+
+impl Discovery {
+    /// Interfaces that carry a default route (IPv4 or IPv6) of the main table: the guests'
+    /// way to the outside when the host routes for them.
+    #[must_use]
+    pub fn uplinks(&self) -> BTreeSet<u32> {
+        self.routes
+            .iter()
+            .filter(|r| r.dst.prefix_len() == 0)
+            .filter_map(|r| r.oif)
+            .collect()
+    }
+
+    /// UDP ports of the tunnel devices the host has.
+    #[must_use]
+    pub fn tunnel_ports(&self) -> BTreeSet<u16> {
+        self.ifaces.iter().filter_map(|i| i.tunnel_port).collect()
+    }
+
+    #[must_use]
+    pub fn iface(&self, index: u32) -> Option<&Iface> {
+        self.ifaces.iter().find(|i| i.index == index)
+    }
 }
 
 /// Opens an rtnetlink connection on the current thread's network namespace and drives it on
@@ -111,6 +176,7 @@ fn iface_of(msg: &LinkMessage) -> Iface {
         is_bridge: false,
         is_loopback: msg.header.flags.contains(LinkFlags::Loopback),
         up: msg.header.flags.contains(LinkFlags::Up),
+        tunnel_port: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -118,9 +184,24 @@ fn iface_of(msg: &LinkMessage) -> Iface {
             LinkAttribute::Address(a) => iface.mac = <Mac>::try_from(a.as_slice()).ok(),
             LinkAttribute::Controller(c) => iface.controller = Some(*c),
             LinkAttribute::LinkInfo(infos) => {
-                iface.is_bridge = infos
-                    .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(InfoKind::Bridge) => iface.is_bridge = true,
+                        LinkInfo::Data(InfoData::Vxlan(v)) => {
+                            iface.tunnel_port = v.iter().find_map(|a| match a {
+                                InfoVxlan::Port(p) => Some(*p),
+                                _ => None,
+                            });
+                        }
+                        LinkInfo::Data(InfoData::Geneve(g)) => {
+                            iface.tunnel_port = g.iter().find_map(|a| match a {
+                                InfoGeneve::Port(p) => Some(*p),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
             }
             _ => {}
         }
@@ -144,22 +225,26 @@ fn host_addr_of(msg: &AddressMessage, name_of: &BTreeMap<u32, &str>) -> Option<H
     if msg.header.flags.contains(AddressHeaderFlags::Dadfailed) {
         return None;
     }
-    // IFA_LOCAL is the host's own address on point-to-point links; IFA_ADDRESS otherwise.
-    let mut addr = None;
+    // IFA_LOCAL is the host's own address; IFA_ADDRESS is the same address, or the peer on a
+    // point-to-point address (and then the prefix length is the peer's). IPv6 sends only
+    // IFA_ADDRESS unless a peer is set.
+    let (mut local, mut address) = (None, None);
     for attr in &msg.attributes {
         match attr {
-            AddressAttribute::Local(a) => addr = Some(*a),
-            AddressAttribute::Address(a) if addr.is_none() => addr = Some(*a),
+            AddressAttribute::Local(a) => local = Some(*a),
+            AddressAttribute::Address(a) => address = Some(*a),
             _ => {}
         }
     }
+    let addr = local.or(address)?;
     Some(HostAddr {
         ifindex: msg.header.index,
         ifname: name_of
             .get(&msg.header.index)
             .map_or_else(|| msg.header.index.to_string(), |n| (*n).to_owned()),
-        addr: addr?,
+        addr,
         prefix_len: msg.header.prefix_len,
+        peer: address.filter(|a| *a != addr),
     })
 }
 
@@ -193,6 +278,68 @@ pub async fn local_fdb(handle: &Handle, bridge: u32) -> Result<Vec<(Mac, u32)>> 
         }
     }
     Ok(out)
+}
+
+/// The unicast routes of the main table, both families.
+pub async fn routes(handle: &Handle) -> Result<Vec<HostRoute>> {
+    let mut out = Vec::new();
+    for request in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let mut stream = handle.route().get(request).execute();
+        while let Some(msg) = stream.try_next().await? {
+            if let Some(r) = host_route_of(&msg) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn host_route_of(msg: &RouteMessage) -> Option<HostRoute> {
+    if msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let (mut dst, mut oif, mut gateway) = (None, None, None);
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = ip_of(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(a) => gateway = ip_of(a),
+            RouteAttribute::MultiPath(hops) => {
+                if let Some(h) = hops.first() {
+                    oif = oif.or(Some(h.interface_index));
+                }
+            }
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let dst = match dst {
+        Some(a) => a,
+        None if msg.header.address_family == AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+        None => Ipv4Addr::UNSPECIFIED.into(),
+    };
+    Some(HostRoute {
+        dst: IpNet::new(dst, msg.header.destination_prefix_length)
+            .ok()?
+            .trunc(),
+        oif,
+        gateway,
+    })
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some((*v4).into()),
+        RouteAddress::Inet6(v6) => Some((*v6).into()),
+        _ => None,
+    }
 }
 
 /// Everything guard needs to know about `bridge` and the host.
@@ -234,12 +381,14 @@ pub async fn discover(handle: &Handle, bridge: &str) -> Result<Discovery> {
         }
     }
     let addrs = addresses(handle, &ifaces).await?;
+    let routes = routes(handle).await?;
     Ok(Discovery {
         bridge: br,
         ports,
         host_macs,
         addrs,
         ifaces,
+        routes,
     })
 }
 

@@ -11,8 +11,8 @@ use aya::{
     maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
 use guard_common::{
-    Counter, GlobalConfig, MAX_PORT_SLOTS, PORT_TABLE_SIZE, PortConfig, REASON_SLOTS, RuleValue,
-    counter_index,
+    Counter, GlobalConfig, MAX_PORT_SLOTS, PORT_TABLE_SIZE, PortConfig, PortSet, REASON_SLOTS,
+    RuleValue, counter_index,
     event::{EventReader, EventStats},
     mac::{InsertError, MAC_TABLE_MAX_ENTRIES, MacTable},
     map_names,
@@ -37,6 +37,7 @@ pub struct GuardMaps {
     pub rule_hits: Array<MapData, u64>,
     pub event_lease: Array<MapData, EventReader>,
     pub event_stats: PerCpuArray<MapData, EventStats>,
+    pub tunnel_ports: Array<MapData, PortSet>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -82,6 +83,7 @@ impl GuardMaps {
             rule_hits: typed(map_names::RULE_HITS, map(map_names::RULE_HITS)?)?,
             event_lease: typed(map_names::EVENT_LEASE, map(map_names::EVENT_LEASE)?)?,
             event_stats: typed(map_names::EVENT_STATS, map(map_names::EVENT_STATS)?)?,
+            tunnel_ports: typed(map_names::TUNNEL_PORTS, map(map_names::TUNNEL_PORTS)?)?,
         })
     }
 
@@ -144,6 +146,21 @@ impl GuardMaps {
 
     pub fn clear_port(&mut self, ifindex: u32) -> Result<()> {
         self.set_port(ifindex, PortConfig::default()).map(|_| ())
+    }
+
+    /// The UDP tunnel ports (8 KiB: boxed).
+    pub fn tunnel_ports(&self) -> Result<Box<PortSet>> {
+        self.tunnel_ports
+            .get(&0, 0)
+            .map(Box::new)
+            .map_err(|e| GuardError::map(map_names::TUNNEL_PORTS, e))
+    }
+
+    /// Replaces the tunnel port set in one map update (a reader sees the old or the new set).
+    pub fn set_tunnel_ports(&mut self, set: &PortSet) -> Result<()> {
+        self.tunnel_ports
+            .set(0, *set, 0)
+            .map_err(|e| GuardError::map(map_names::TUNNEL_PORTS, e))
     }
 
     pub fn mac_table(&self) -> Result<MacTable> {

@@ -9,8 +9,9 @@ use std::{
 };
 
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, CLASS_HOST, CLASS_HOST_NETWORK, CLASS_MANAGEMENT, CLASS_STORAGE,
-    CLASS_UNSPECIFIED, CLASS_USER_FIRST, MAX_RULES, RuleValue,
+    ACTION_ALLOW, ACTION_DENY, CLASS_GUEST_NETWORK, CLASS_HOST, CLASS_HOST_NETWORK,
+    CLASS_HOST_ROUTE, CLASS_MANAGEMENT, CLASS_STORAGE, CLASS_UNSPECIFIED, CLASS_USER_FIRST,
+    MAX_RULES, RuleValue,
 };
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -61,7 +62,8 @@ impl fmt::Display for Action {
 pub struct RuleSpec {
     pub net: IpNet,
     pub action: Action,
-    /// `management`, `storage`, `host`, `host-net`, or a user's name.
+    /// `management`, `storage`, `host`, `host-net`, `host-route`, `guest-net`, or a user's
+    /// name.
     pub class: String,
     /// Where it came from (an interface for discovered prefixes, "cli", "config", "rules").
     #[serde(default)]
@@ -118,52 +120,98 @@ pub fn parse_allow(s: &str, source: &str) -> Result<RuleSpec> {
     })
 }
 
+/// Addresses the default sets never name: loopback (127/8, `::1`: harmless, and on `lo`
+/// only), the unspecified address, multicast, and IPv6 link-local (the kernel scopes
+/// `fe80::/10` to the receiving device, so another interface's is unreachable from the bridge).
+/// IPv4 link-local is protected: the kernel routes `169.254/16` like any network (a BMC's
+/// Redfish host interface sits there).
 fn never_protected_by_default(addr: IpAddr) -> bool {
     match addr {
-        IpAddr::V4(a) => {
-            a.is_link_local() || a.is_multicast() || a.is_unspecified() || a.is_loopback()
-        }
+        IpAddr::V4(a) => a.is_multicast() || a.is_unspecified() || a.is_loopback(),
         IpAddr::V6(a) => {
             a.is_unicast_link_local() || a.is_multicast() || a.is_unspecified() || a.is_loopback()
         }
     }
 }
 
-/// The default protected set: every prefix of every address the host holds on interfaces
-/// other than the guest bridge and loopback, plus each such address as a host route.
-/// Link-local and multicast are never protected by default.
+/// Interfaces whose addresses and routes are the guest side, not the host's: the guest bridge
+/// and its ports.
+fn guest_side(d: &Discovery) -> BTreeSet<u32> {
+    std::iter::once(d.bridge.index)
+        .chain(d.ports.iter().map(|p| p.index))
+        .collect()
+}
+
+/// The default protected set: every network the host reaches through an interface other than
+/// the guest bridge, and each of its own addresses as a host route:
+/// - every address outside the guest side (loopback's too: an L3-fabric host keeps its
+///   management /32 on `lo`), as a host route, and its network: the address's own prefix, or
+///   the peer's on a point-to-point address;
+/// - every unicast route of the main table out of such an interface that is not a default
+///   route (on-link routes from router advertisements, subnets behind a gateway on the
+///   management or storage side).
+///
+/// The route check of the datapath judges the same networks from the live FIB without this
+/// snapshot; these prefixes add per-rule hit counters and cover kernels whose route lookup
+/// cannot see an egress interface without a neighbour entry (docs/datapath.md).
 #[must_use]
 pub fn default_protected(d: &Discovery) -> Vec<RuleSpec> {
-    let loopbacks: BTreeSet<u32> = d
-        .ifaces
-        .iter()
-        .filter(|i| i.is_loopback)
-        .map(|i| i.index)
-        .collect();
+    let guest = guest_side(d);
+    let name_of = |ifindex: u32| {
+        d.iface(ifindex)
+            .map_or_else(|| ifindex.to_string(), |i| i.name.clone())
+    };
     let mut out: BTreeMap<IpNet, RuleSpec> = BTreeMap::new();
+    let mut add = |net: IpNet, class: &str, source: &str| {
+        out.entry(net).or_insert_with(|| RuleSpec {
+            net,
+            action: Action::Deny,
+            class: class.to_owned(),
+            source: source.to_owned(),
+        });
+    };
     for a in &d.addrs {
-        if a.ifindex == d.bridge.index
-            || loopbacks.contains(&a.ifindex)
-            || never_protected_by_default(a.addr)
+        if guest.contains(&a.ifindex) || never_protected_by_default(a.addr) {
+            continue;
+        }
+        add(IpNet::from(a.addr), "host", &a.ifname);
+        if let Some(net) = a.network()
+            && !never_protected_by_default(net.addr())
+        {
+            add(net, "host-net", &a.ifname);
+        }
+    }
+    for r in &d.routes {
+        let Some(oif) = r.oif else { continue };
+        if guest.contains(&oif)
+            || r.dst.prefix_len() == 0
+            || never_protected_by_default(r.dst.addr())
         {
             continue;
         }
-        let Ok(net) = IpNet::new(a.addr, a.prefix_len) else {
+        add(r.dst, "host-route", &name_of(oif));
+    }
+    out.into_values().collect()
+}
+
+/// The guest bridge's own networks (the prefixes of its addresses), allowed by default:
+/// guests reach the bridge's address (DNS, DHCP, the host as their router) and each other
+/// through the host, which the route check would otherwise judge as local delivery.
+#[must_use]
+pub fn guest_networks(d: &Discovery) -> Vec<RuleSpec> {
+    let mut out: BTreeMap<IpNet, RuleSpec> = BTreeMap::new();
+    for a in d.addrs.iter().filter(|a| a.ifindex == d.bridge.index) {
+        if never_protected_by_default(a.addr) {
             continue;
-        };
-        let host = IpNet::from(a.addr);
-        out.entry(net.trunc()).or_insert_with(|| RuleSpec {
-            net: net.trunc(),
-            action: Action::Deny,
-            class: "host-net".to_owned(),
-            source: a.ifname.clone(),
-        });
-        out.entry(host).or_insert_with(|| RuleSpec {
-            net: host,
-            action: Action::Deny,
-            class: "host".to_owned(),
-            source: a.ifname.clone(),
-        });
+        }
+        if let Some(net) = a.network() {
+            out.entry(net).or_insert_with(|| RuleSpec {
+                net,
+                action: Action::Allow,
+                class: "guest-net".to_owned(),
+                source: a.ifname.clone(),
+            });
+        }
     }
     out.into_values().collect()
 }
@@ -184,11 +232,25 @@ impl Policy {
         } else {
             options.protect.clone()
         };
+        // The guest networks' allows give way to any rule for the same prefix (a protect of
+        // the bridge's own network is an operator's choice, and fails closed).
+        let named: BTreeSet<IpNet> = protect
+            .iter()
+            .chain(&options.allow)
+            .chain(&options.added)
+            .map(|r| r.net)
+            .chain(options.removed.iter().copied())
+            .collect();
+        let guest: Vec<RuleSpec> = guest_networks(discovery)
+            .into_iter()
+            .filter(|r| !named.contains(&r.net))
+            .collect();
         // Rules added live replace a base rule for the same prefix; removed prefixes go.
         let added: BTreeSet<IpNet> = options.added.iter().map(|r| r.net).collect();
         let base = protect
             .into_iter()
             .chain(options.allow.iter().cloned())
+            .chain(guest)
             .filter(|r| !added.contains(&r.net));
         let mut policy = Self::from_rules(base.chain(options.added.iter().cloned()))?;
         policy.rules.retain(|r| !options.removed.contains(&r.net));
@@ -242,6 +304,8 @@ impl Classes {
             "storage" => CLASS_STORAGE,
             "host" => CLASS_HOST,
             "host-net" => CLASS_HOST_NETWORK,
+            "host-route" => CLASS_HOST_ROUTE,
+            "guest-net" => CLASS_GUEST_NETWORK,
             "" => CLASS_UNSPECIFIED,
             _ => {
                 if let Some(id) = self.user.get(name) {
@@ -265,6 +329,8 @@ impl Classes {
             CLASS_STORAGE => "storage".to_owned(),
             CLASS_HOST => "host".to_owned(),
             CLASS_HOST_NETWORK => "host-net".to_owned(),
+            CLASS_HOST_ROUTE => "host-route".to_owned(),
+            CLASS_GUEST_NETWORK => "guest-net".to_owned(),
             CLASS_UNSPECIFIED => String::new(),
             _ => self
                 .user

@@ -69,11 +69,26 @@ pub struct PortState {
 }
 
 /// The options an attach was made with (re-applied by the agent, re-read on SIGHUP).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Options {
     /// Requested hook: `xdp`, `xdp-generic`, `tc` or `tcx`.
     pub hook: String,
+    /// The backstop on the bridge device's own TC ingress (on unless turned off).
+    #[serde(default = "yes")]
     pub bridge_hook: bool,
+    /// Judge what no prefix rule decides by the kernel's route lookup (on unless turned off).
+    #[serde(default = "yes")]
+    pub route_check: bool,
+    /// Let tunnel encapsulations addressed to the host through.
+    #[serde(default)]
+    pub allow_tunnels: bool,
+    /// UDP ports of tunnels, on top of the defaults and the tunnel devices discovered.
+    #[serde(default)]
+    pub tunnel_ports: Vec<u16>,
+    /// Interfaces guests may be routed out of besides the bridge; empty: those that carry a
+    /// default route (discovered).
+    #[serde(default)]
+    pub uplinks: Vec<String>,
     pub monitor: bool,
     pub strict_mac: bool,
     /// Protected prefixes as given (empty: the default protected set, re-discovered).
@@ -96,6 +111,33 @@ pub struct Options {
     pub config_file: Option<PathBuf>,
 }
 
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            hook: "xdp".to_owned(),
+            bridge_hook: true,
+            route_check: true,
+            allow_tunnels: false,
+            tunnel_ports: Vec::new(),
+            uplinks: Vec::new(),
+            monitor: false,
+            strict_mac: false,
+            protect: Vec::new(),
+            allow: Vec::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            extra_macs: Vec::new(),
+            monitor_ports: Vec::new(),
+            event_rate: None,
+            config_file: None,
+        }
+    }
+}
+
+const fn yes() -> bool {
+    true
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub bridge: String,
@@ -114,6 +156,13 @@ pub struct State {
     pub ports: BTreeMap<u32, PortState>,
     /// The host MACs in force, with why (`aa:bb:..` -> reason).
     pub host_macs: BTreeMap<String, String>,
+    /// Interfaces marked as allowed egress of the route check (the bridge and the uplinks),
+    /// by ifindex, with their names.
+    #[serde(default)]
+    pub egress: BTreeMap<u32, String>,
+    /// The UDP tunnel ports in force.
+    #[serde(default)]
+    pub tunnel_ports: Vec<u16>,
 }
 
 impl State {

@@ -64,13 +64,15 @@ fn setup(path: &str) -> Result<Subject> {
     )?;
     let mut cfg: Array<_, GlobalConfig> =
         Array::try_from(ebpf.map_mut("GUARD_CONFIG").context("config")?)?;
-    // An old object reads only `flags` (the rest was reserved and is ignored).
+    // An old object reads only `flags` (the rest was reserved and is ignored). The frames
+    // measured hit a deny prefix, which decides before the route check would run.
     cfg.set(
         0,
         GlobalConfig {
             flags: 0,
             event_rate: 100,
-            reserved: [0; 2],
+            bridge_ifindex: 0,
+            reserved: 0,
         },
         0,
     )?;

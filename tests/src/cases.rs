@@ -11,15 +11,17 @@ use std::net::Ipv6Addr;
 use anyhow::{Context as _, Result};
 use guard_common::model::{Decision, Policy, Rule, classify};
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, CLASS_HOST, CLASS_MANAGEMENT, CLASS_STORAGE, reason,
+    ACTION_ALLOW, ACTION_DENY, CLASS_GUEST_NETWORK, CLASS_HOST, CLASS_MANAGEMENT, CLASS_STORAGE,
+    DEFAULT_TUNNEL_PORTS, reason,
 };
 
 use crate::datapath::{Datapath, Hook, MIN_FRAME, expected_run, hex, skb_test_run_refuses};
 use crate::packet::{
     Arp, BROADCAST, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ETH_P_LLDP, Eth, Ext,
-    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_TCP, IPPROTO_UDP,
-    Ipv4, Ipv6, ipv6_multicast_mac, solicited_node,
+    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_ROUTING, IPPROTO_TCP,
+    IPPROTO_UDP, Ipv4, Ipv6, ipv6_multicast_mac, solicited_node,
 };
+use crate::route_world;
 
 // ---------------------------------------------------------------------------------------------
 // The policy every case starts from.
@@ -42,6 +44,23 @@ pub const NEAR_HOLE: [u8; 4] = [10, 1, 3, 1];
 pub const MGMT_NET: [u8; 4] = [192, 168, 100, 7];
 pub const MGMT_HOST: [u8; 4] = [192, 168, 100, 1];
 pub const UNPROTECTED: [u8; 4] = [8, 8, 8, 8];
+/// Routed out of the protected interface through a gateway (no prefix rule covers it).
+pub const ROUTED_PROT: [u8; 4] = [198, 18, 5, 5];
+/// On a connected subnet of the protected interface (no neighbour entry).
+pub const CONNECTED_PROT: [u8; 4] = [100, 64, 0, 9];
+/// A host address on loopback that no prefix rule covers.
+pub const LOCAL_LO: [u8; 4] = [192, 0, 2, 1];
+/// The guest bridge's own address (a local address inside the allowed guest network).
+pub const BRIDGE_V4: [u8; 4] = [172, 16, 0, 1];
+/// Another guest, routed back into the bridge.
+pub const HAIRPIN_V4: [u8; 4] = [172, 16, 0, 20];
+/// Behind an unreachable route, and a blackhole route.
+pub const UNREACHABLE_V4: [u8; 4] = [198, 51, 100, 7];
+pub const BLACKHOLE_V4: [u8; 4] = [198, 51, 101, 7];
+/// The protected interface's subnet broadcast (a local-table entry).
+pub const PROT_BROADCAST: [u8; 4] = [100, 64, 0, 255];
+/// UDP to VXLAN's port.
+pub const VXLAN_PORT: u16 = 4789;
 
 #[must_use]
 pub fn v6(s: &str) -> Ipv6Addr {
@@ -64,9 +83,20 @@ pub fn rule(addr: &str, prefix_len: u8, action: u16, rule_id: u32, class: u16) -
     }
 }
 
+/// The base policy: prefix rules, and the route check in the routing world
+/// ([`route_world`]): the guest bridge and the uplink are the interfaces guests may be routed
+/// out of.
 #[must_use]
 pub fn base_policy() -> Policy {
     Policy {
+        route_check: true,
+        tunnel_ports: DEFAULT_TUNNEL_PORTS.to_vec(),
+        egress_ok: vec![route_world::GBR, route_world::UPLINK],
+        bridge_ifindex: route_world::GBR,
+        routes: route_world::routes(),
+        forwarding: true,
+        // Read from the running kernel: the VM matrix runs this table on 6.1 too.
+        fib_egress_without_neigh: route_world::kernel_at_least(6, 3).unwrap_or(false),
         host_macs: vec![BRIDGE_MAC, PORT_MAC, OTHER_IF_MAC],
         rules: vec![
             rule("10.0.0.0", 8, ACTION_DENY, 1, CLASS_STORAGE),
@@ -78,6 +108,9 @@ pub fn base_policy() -> Policy {
             rule("fd00:1::", 32, ACTION_ALLOW, 7, CLASS_STORAGE),
             rule("fd00:1:0:1::", 64, ACTION_DENY, 8, CLASS_STORAGE),
             rule("2001:db8:100::1", 128, ACTION_DENY, 9, CLASS_HOST),
+            // The guest bridge's own networks, as attach allows them by default.
+            rule("172.16.0.0", 24, ACTION_ALLOW, 10, CLASS_GUEST_NETWORK),
+            rule("2001:db8:50::", 64, ACTION_ALLOW, 11, CLASS_GUEST_NETWORK),
         ],
         ..Policy::default()
     }
@@ -89,14 +122,20 @@ pub enum Setup {
     Strict,
     Monitor,
     PortMonitor,
+    /// Prefix rules only (`--route-check off`).
+    NoRouteCheck,
+    /// Tunnels to the host let through.
+    AllowTunnels,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 4] = [
+    pub const ALL: [Setup; 6] = [
         Setup::Base,
         Setup::Strict,
         Setup::Monitor,
         Setup::PortMonitor,
+        Setup::NoRouteCheck,
+        Setup::AllowTunnels,
     ];
 
     #[must_use]
@@ -107,6 +146,8 @@ impl Setup {
             Setup::Strict => p.strict_mac = true,
             Setup::Monitor => p.monitor = true,
             Setup::PortMonitor => p.port_monitor = true,
+            Setup::NoRouteCheck => p.route_check = false,
+            Setup::AllowTunnels => p.allow_tunnels = true,
         }
         p
     }
@@ -135,9 +176,16 @@ pub fn udp4(dst: [u8; 4]) -> Ipv4 {
     Ipv4::new(GUEST_V4, dst).udp(40000, 3260, b"iscsi?")
 }
 
+/// A guest's global IPv6 address (inside the guest network `2001:db8:50::/64`): the kernel
+/// never forwards a packet with a link-local source, so routed cases use this one.
+#[must_use]
+pub fn guest_global_v6() -> Ipv6Addr {
+    v6("2001:db8:50::10")
+}
+
 #[must_use]
 pub fn udp6(dst: &str) -> Ipv6 {
-    Ipv6::new(guest_v6(), v6(dst)).udp(40000, 2049, b"nfs?")
+    Ipv6::new(guest_global_v6(), v6(dst)).udp(40000, 2049, b"nfs?")
 }
 
 #[must_use]
@@ -166,9 +214,27 @@ pub fn hbh() -> Ext {
 #[must_use]
 pub fn cases() -> Vec<Case> {
     use Setup::{Base, Monitor, PortMonitor, Strict};
+    use Setup::{AllowTunnels, NoRouteCheck};
     use reason::{
-        ALLOW, DENY_ARP, DENY_IPV4, DENY_IPV6, DENY_NDP, HOST_PASS, MALFORMED, MONITOR_ARP,
-        MONITOR_IPV4, MONITOR_IPV6, MONITOR_MALFORMED, MONITOR_NDP, NOT_HOST,
+        ALLOW, DENY_ARP, DENY_IPV4, DENY_IPV6, DENY_LOCAL, DENY_NDP, DENY_ROUTE, DENY_SRCROUTE,
+        DENY_TUNNEL, HOST_PASS, MALFORMED, MONITOR_ARP, MONITOR_IPV4, MONITOR_IPV6, MONITOR_LOCAL,
+        MONITOR_MALFORMED, MONITOR_NDP, MONITOR_ROUTE, MONITOR_SRCROUTE, MONITOR_TUNNEL, NOT_HOST,
+    };
+    // A connected route of the protected interface has no neighbour entry: kernels before 6.3
+    // give no egress interface for it (docs/datapath.md, `R`), and the route check passes.
+    let (no_neigh_drop, no_neigh_reason) = if base_policy().fib_egress_without_neigh {
+        (true, DENY_ROUTE)
+    } else {
+        (false, HOST_PASS)
+    };
+    let lsrr = |dst| udp4(dst).options(&[0x83, 7, 4, 203, 0, 113, 1, 0]);
+    let vxlan4 = |dst: [u8; 4]| Ipv4::new(GUEST_V4, dst).udp(40000, VXLAN_PORT, &[8, 0, 0, 0, 0, 0, 1, 0]);
+    let vxlan6 = |dst: &str| Ipv6::new(guest_global_v6(), v6(dst)).udp(40000, VXLAN_PORT, &[8, 0, 0, 0, 0, 0, 1, 0]);
+    // A routing header of `kind` with `left` segments left and one 16-byte segment.
+    let rh = |kind: u8, left: u8| {
+        let mut rest = vec![2, kind, left, 0, 0, 0, 0];
+        rest.extend_from_slice(&v6("fd00:20::2").octets());
+        Ext::Raw { code: IPPROTO_ROUTING, rest }
     };
     let c = |name, frame: Eth, setup, drop, reason, rule_id| Case {
         name,
@@ -213,7 +279,9 @@ pub fn cases() -> Vec<Case> {
         c("ipv6_allow_hole_inside_deny", to(BRIDGE_MAC).ipv6(udp6("fd00:1::5")), Base, false, ALLOW, 0),
         c("ipv6_deny_inside_allow_hole", to(BRIDGE_MAC).ipv6(udp6("fd00:1:0:1::9")), Base, true, DENY_IPV6, 8),
         c("ipv6_host_route_deny", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::1")), Base, true, DENY_IPV6, 9),
-        c("ipv6_next_to_host_route_pass", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::2")), Base, false, HOST_PASS, 0),
+        c("ipv6_next_to_host_route_pass", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::2")), NoRouteCheck, false, HOST_PASS, 0),
+        // ... but the host's network it sits in is protected by the route check.
+        c("ipv6_next_to_host_route_deny_route", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::2")), Base, true, DENY_ROUTE, 0),
         c("ipv6_tcp_deny", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("fd00::22")).tcp(1, 22, 0x02)), Base, true, DENY_IPV6, 6),
         // IPv4 header handling.
         c("ipv4_options_deny", to(BRIDGE_MAC).ipv4(udp4(STORAGE).options(&[0x94, 4, 0, 0, 1, 1, 1, 0])), Base, true, DENY_IPV4, 1),
@@ -258,7 +326,8 @@ pub fn cases() -> Vec<Case> {
         // ARP.
         c("arp_request_target_protected", arp_req(GUEST_V4, STORAGE), Base, true, DENY_ARP, 1),
         c("arp_request_target_host_route", arp_req(GUEST_V4, MGMT_HOST), Base, true, DENY_ARP, 5),
-        c("arp_request_unprotected", arp_req(GUEST_V4, [172, 16, 0, 1]), Base, false, HOST_PASS, 0),
+        c("arp_request_unprotected", arp_req(GUEST_V4, [192, 0, 2, 77]), Base, false, HOST_PASS, 0),
+        c("arp_request_guest_network", arp_req(GUEST_V4, [172, 16, 0, 1]), Base, false, ALLOW, 0),
         c("arp_request_target_in_hole", arp_req(GUEST_V4, HOLE), Base, false, ALLOW, 0),
         c("arp_sender_protected", arp_req(STORAGE, [172, 16, 0, 1]), Base, true, DENY_ARP, 1),
         c("arp_target_hole_sender_protected", arp_req(DENY_IN_HOLE, HOLE), Base, true, DENY_ARP, 3),
@@ -289,11 +358,11 @@ pub fn cases() -> Vec<Case> {
         c("ipv6_seven_ext_headers_protected_dst", to(BRIDGE_MAC).ipv6(udp6("fd00::1").hop_by_hop().dest_opts().routing().fragment(0, false).ah().dest_opts().dest_opts()), Base, true, DENY_IPV6, 6),
         c("ipv6_later_fragment_host_pass", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").fragment(3, false)), Base, false, HOST_PASS, 0),
         c("ipv6_later_fragment_in_hole", to(BRIDGE_MAC).ipv6(udp6("fd00:1::1").hop_by_hop().fragment(3, true)), Base, false, ALLOW, 0),
-        c("ipv6_no_next_header", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).payload(IPPROTO_NONE, &[])), Base, false, HOST_PASS, 0),
-        c("ipv6_unknown_ext_is_upper_layer", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).payload(135, &[0; 8])), Base, false, HOST_PASS, 0),
+        c("ipv6_no_next_header", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8::1")).payload(IPPROTO_NONE, &[])), Base, false, HOST_PASS, 0),
+        c("ipv6_unknown_ext_is_upper_layer", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8::1")).payload(135, &[0; 8])), Base, false, HOST_PASS, 0),
         c("ipv6_version_4_malformed", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").version(4)), Base, true, MALFORMED, 0),
         c("ipv6_payload_len_too_big_malformed", to(BRIDGE_MAC).ipv6(udp6("2001:db8::1").payload_len(500)), Base, true, MALFORMED, 0),
-        c("ipv6_ext_then_icmpv6_echo", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).hop_by_hop().icmpv6(128, 0, &[0; 4])), Base, false, HOST_PASS, 0),
+        c("ipv6_ext_then_icmpv6_echo", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8::1")).hop_by_hop().icmpv6(128, 0, &[0; 4])), Base, false, HOST_PASS, 0),
         // Non-IP and odd EtherTypes.
         c("lldp_multicast_host_pass", to(LLDP_MAC).raw(ETH_P_LLDP, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1]), Base, false, HOST_PASS, 0),
         c("lldp_strict_not_host", to(LLDP_MAC).raw(ETH_P_LLDP, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1]), Strict, false, NOT_HOST, 0),
@@ -314,6 +383,76 @@ pub fn cases() -> Vec<Case> {
         c("port_monitor_ndp", ns_frame("fd00::7", &[hbh()]), PortMonitor, false, MONITOR_NDP, 6),
         c("port_monitor_malformed", to(BRIDGE_MAC).svlan(1).vlan(2).vlan(3).ipv4(udp4(STORAGE)), PortMonitor, false, MONITOR_MALFORMED, 0),
         c("port_monitor_host_pass_unchanged", to(BRIDGE_MAC).ipv4(udp4(UNPROTECTED)), PortMonitor, false, HOST_PASS, 0),
+        // The route check (steps 8-9): what no prefix rule decided, the kernel's FIB does.
+        c("route_gatewayed_protected_deny_route", to(BRIDGE_MAC).ipv4(udp4(ROUTED_PROT)), Base, true, DENY_ROUTE, 0),
+        c("route_connected_protected", to(BRIDGE_MAC).ipv4(udp4(CONNECTED_PROT)), Base, no_neigh_drop, no_neigh_reason, 0),
+        c("route_loopback_address_deny_local", to(BRIDGE_MAC).ipv4(udp4(LOCAL_LO)), Base, true, DENY_LOCAL, 0),
+        c("route_127_deny_local", to(BRIDGE_MAC).ipv4(udp4([127, 0, 0, 1])), Base, true, DENY_LOCAL, 0),
+        c("route_subnet_broadcast_deny_local", to(BROADCAST).ipv4(udp4(PROT_BROADCAST)), Base, true, DENY_LOCAL, 0),
+        c("route_unreachable_host_pass", to(BRIDGE_MAC).ipv4(udp4(UNREACHABLE_V4)), Base, false, HOST_PASS, 0),
+        c("route_blackhole_host_pass", to(BRIDGE_MAC).ipv4(udp4(BLACKHOLE_V4)), Base, false, HOST_PASS, 0),
+        c("route_uplink_tagged_host_pass", to(BRIDGE_MAC).vlan(0).ipv4(udp4([1, 1, 1, 1])), Base, false, HOST_PASS, 0),
+        c("route_later_fragment_deny_route", to(BRIDGE_MAC).ipv4(udp4(ROUTED_PROT).fragment(3, false)), Base, true, DENY_ROUTE, 0),
+        c("route_bridge_address_allowed", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4)), Base, false, ALLOW, 0),
+        c("route_dns_to_bridge_allowed", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, BRIDGE_V4).udp(40000, 53, b"dns?")), Base, false, ALLOW, 0),
+        c("route_limited_broadcast_host_pass", to(BROADCAST).ipv4(Ipv4::new([0, 0, 0, 0], [255; 4]).udp(68, 67, b"dhcp")), Base, false, HOST_PASS, 0),
+        c("route_ipv4_multicast_host_pass", to(IPV4_MCAST_MAC).ipv4(udp4([224, 0, 0, 251])), Base, false, HOST_PASS, 0),
+        c("route_ipv6_gatewayed_protected_deny_route", to(BRIDGE_MAC).ipv6(udp6("2001:db8:300::5")), Base, true, DENY_ROUTE, 0),
+        c("route_ipv6_connected_protected", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::9")), Base, no_neigh_drop, no_neigh_reason, 0),
+        c("route_ipv6_loopback_address_deny_local", to(BRIDGE_MAC).ipv6(udp6("2001:db8:1::1")), Base, true, DENY_LOCAL, 0),
+        c("route_ipv6_subnet_anycast_deny_local", to(BRIDGE_MAC).ipv6(udp6("2001:db8:100::")), Base, true, DENY_LOCAL, 0),
+        c("route_ipv6_localhost_deny_local", to(BRIDGE_MAC).ipv6(udp6("::1")), Base, true, DENY_LOCAL, 0),
+        c("route_ipv6_unreachable_host_pass", to(BRIDGE_MAC).ipv6(udp6("2001:db8:dead::1")), Base, false, HOST_PASS, 0),
+        c("route_ipv6_bridge_address_allowed", to(BRIDGE_MAC).ipv6(udp6("2001:db8:50::1")), Base, false, ALLOW, 0),
+        c("route_ipv6_link_local_host_pass", to(BRIDGE_MAC).ipv6(udp6("fe80::1")), Base, false, HOST_PASS, 0),
+        c("route_ipv6_multicast_host_pass", to([0x33, 0x33, 0, 0, 0, 0xfb]).ipv6(udp6("ff02::fb")), Base, false, HOST_PASS, 0),
+        c("route_ipv6_later_fragment_deny_route", to(BRIDGE_MAC).ipv6(udp6("2001:db8:300::5").fragment(2, false)), Base, true, DENY_ROUTE, 0),
+        c("route_check_off_routed_host_pass", to(BRIDGE_MAC).ipv4(udp4(ROUTED_PROT)), NoRouteCheck, false, HOST_PASS, 0),
+        c("route_check_off_local_host_pass", to(BRIDGE_MAC).ipv6(udp6("2001:db8:1::1")), NoRouteCheck, false, HOST_PASS, 0),
+        // Source routing.
+        c("srcroute_ipv4_lsrr", to(BRIDGE_MAC).ipv4(lsrr(UNPROTECTED)), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv4_ssrr", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4).options(&[0x89, 7, 4, 10, 0, 0, 1, 0])), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv4_lsrr_behind_nops", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4).options(&[1, 1, 1, 0x83, 7, 4, 10, 0, 0, 1, 0, 0])), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv4_lsrr_after_record_route", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4).options(&[7, 7, 4, 0, 0, 0, 0, 0x83, 7, 4, 10, 0, 0, 1, 0, 0])), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv4_after_end_of_list_ignored", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4).options(&[0, 0x83, 7, 4, 10, 0, 0, 1])), Base, false, ALLOW, 0),
+        c("srcroute_ipv4_router_alert_allowed", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4).options(&[0x94, 4, 0, 0])), Base, false, ALLOW, 0),
+        c("srcroute_ipv4_option_length_1_malformed", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4).options(&[0x44, 1, 0, 0])), Base, true, MALFORMED, 0),
+        c("srcroute_ipv4_option_overruns_header_malformed", to(BRIDGE_MAC).ipv4(udp4(BRIDGE_V4).options(&[7, 12, 4, 0])), Base, true, MALFORMED, 0),
+        c("srcroute_ipv4_denied_dst_first", to(BRIDGE_MAC).ipv4(lsrr(STORAGE)), Base, true, DENY_IPV4, 1),
+        c("srcroute_ipv4_route_check_off", to(BRIDGE_MAC).ipv4(lsrr(UNPROTECTED)), NoRouteCheck, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv4_multicast_dst", to(IPV4_MCAST_MAC).ipv4(lsrr([224, 0, 0, 9])), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv6_srh_segments_left", to(BRIDGE_MAC).ipv6(udp6("2001:db8:50::1").ext(rh(4, 1))), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv6_rh0_segments_left", to(BRIDGE_MAC).ipv6(udp6("2001:db8:50::1").hop_by_hop().ext(rh(0, 1))), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv6_srh_no_segments_left", to(BRIDGE_MAC).ipv6(udp6("2001:db8:50::1").ext(rh(4, 0))), Base, false, ALLOW, 0),
+        c("srcroute_ipv6_denied_dst_first", to(BRIDGE_MAC).ipv6(udp6("fd00::1").ext(rh(4, 1))), Base, true, DENY_IPV6, 6),
+        c("srcroute_ipv6_before_ns", ns_frame("2001:db8:200::1", &[rh(4, 1)]), Base, true, DENY_SRCROUTE, 0),
+        c("srcroute_ipv6_truncated_routing_header_malformed", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8:50::1")).payload(IPPROTO_ROUTING, &[17, 0, 4])), Base, true, MALFORMED, 0),
+        // Tunnels the host would decapsulate.
+        c("tunnel_vxlan_to_bridge_address", to(BRIDGE_MAC).ipv4(vxlan4(BRIDGE_V4)), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_vxlan_to_loopback_address", to(BRIDGE_MAC).ipv4(vxlan4(LOCAL_LO)), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_vxlan_broadcast_mac", to(BROADCAST).ipv4(vxlan4(BRIDGE_V4)), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_geneve_to_bridge_address", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, BRIDGE_V4).udp(40000, 6081, &[0; 8])), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_gre_to_bridge_address", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, BRIDGE_V4).payload(47, &[0, 0, 8, 0])), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_ipip_to_bridge_address", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, BRIDGE_V4).payload(4, &[0x45, 0, 0, 20])), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_sit_to_bridge_address", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, BRIDGE_V4).payload(41, &[0x60, 0, 0, 0])), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_vxlan_forwarded_to_uplink", to(BRIDGE_MAC).ipv4(vxlan4(UNPROTECTED)), Base, false, HOST_PASS, 0),
+        c("tunnel_gre_forwarded_to_protected", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, ROUTED_PROT).payload(47, &[0, 0, 8, 0])), Base, true, DENY_ROUTE, 0),
+        c("tunnel_gre_to_allow_hole_forwarded", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, HOLE).payload(47, &[0, 0, 8, 0])), Base, false, ALLOW, 0),
+        c("tunnel_vxlan_later_fragment_not_seen", to(BRIDGE_MAC).ipv4(vxlan4(BRIDGE_V4).fragment(2, false)), Base, false, ALLOW, 0),
+        c("tunnel_udp_header_cut_short_not_a_tunnel", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, BRIDGE_V4).payload(17, &[0x9c, 0x40, 0x12])), Base, false, ALLOW, 0),
+        c("tunnel_ipv6_vxlan_to_bridge_address", to(BRIDGE_MAC).ipv6(vxlan6("2001:db8:50::1")), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_ipv6_ipip_behind_hbh", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:50::1")).hop_by_hop().payload(4, &[0x45, 0, 0, 20])), Base, true, DENY_TUNNEL, 0),
+        c("tunnel_ipv6_gre_to_loopback_address", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:1::1")).payload(47, &[0, 0, 0x86, 0xdd])), Base, true, DENY_TUNNEL, 0),
+        c("route_ipv6_link_local_source_not_forwarded", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_v6(), v6("2001:db8::1")).udp(40000, 2049, b"nfs?")), Base, true, DENY_LOCAL, 0),
+        c("tunnel_ipv6_later_fragment_not_seen", to(BRIDGE_MAC).ipv6(vxlan6("2001:db8:50::1").fragment(2, false)), Base, false, ALLOW, 0),
+        c("tunnel_allowed_by_flag", to(BRIDGE_MAC).ipv4(vxlan4(BRIDGE_V4)), AllowTunnels, false, ALLOW, 0),
+        c("tunnel_allowed_by_flag_local_still_denied", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:1::1")).payload(47, &[0, 0, 0x86, 0xdd])), AllowTunnels, true, DENY_LOCAL, 0),
+        c("tunnel_route_check_off_any_destination", to(BRIDGE_MAC).ipv4(vxlan4(UNPROTECTED)), NoRouteCheck, true, DENY_TUNNEL, 0),
+        // Monitor twins of the route check's reasons.
+        c("monitor_route", to(BRIDGE_MAC).ipv4(udp4(ROUTED_PROT)), Monitor, false, MONITOR_ROUTE, 0),
+        c("monitor_local", to(BRIDGE_MAC).ipv6(udp6("2001:db8:1::1")), Monitor, false, MONITOR_LOCAL, 0),
+        c("monitor_tunnel", to(BRIDGE_MAC).ipv4(vxlan4(BRIDGE_V4)), PortMonitor, false, MONITOR_TUNNEL, 0),
+        c("monitor_srcroute", to(BRIDGE_MAC).ipv4(lsrr(BRIDGE_V4)), Monitor, false, MONITOR_SRCROUTE, 0),
     ]
 }
 
@@ -398,7 +537,17 @@ fn check_case(
     }
     let expected = expected_run(&want, case.frame.len());
     for &hook in hooks {
-        if hook == Hook::Tc && skb_test_run_refuses(&case.frame) {
+        // The table's verdicts are for a port's hooks; the bridge device's hook judges every
+        // frame as host-bound, and the model says what that gives.
+        let expected = if hook == Hook::Bridge {
+            expected_run(
+                &classify(&case.frame, 0, &hook.model_policy(policy)),
+                case.frame.len(),
+            )
+        } else {
+            expected.clone()
+        };
+        if hook.is_tc() && skb_test_run_refuses(&case.frame) {
             // Not a skip: the refusal itself is asserted (see skb_test_run_refuses).
             if dp.verdict(hook, &case.frame).is_ok() {
                 report.failures.push(format!(

@@ -12,6 +12,10 @@
 //! program counts every frame in slot 1. Slot 0 (unregistered ports) is read too, so a frame
 //! counted in the wrong slot shows up as a delta there.
 //!
+//! The route check looks routes up in that same namespace: every run happens from a thread
+//! that [`route_world::enter`](crate::route_world::enter) moved into the routing world whose
+//! FIB the policy's `routes` mirror.
+//!
 //! Counter deltas are exact: a [`Snapshot`] holds every (slot, reason) counter of slots 0 and 1
 //! summed over CPUs, and the hit counter of every rule id in the policy; a delta is the
 //! difference of two snapshots. Reading a snapshot costs about thirty map lookups, so the
@@ -28,9 +32,13 @@ use aya::{Ebpf, EbpfLoader};
 use guard_common::mac::MacTable;
 use guard_common::model::Policy;
 use guard_common::{
-    Counter, GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_STRICT_MAC, GlobalConfig, MAX_RULES,
-    PORT_FLAG_MONITOR, PortConfig, RuleValue, counter_index, map_names, program_names, reason,
+    Counter, GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_FIB_SKIP_NEIGH, GLOBAL_FLAG_MONITOR,
+    GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_STRICT_MAC, GlobalConfig, MAX_RULES,
+    PORT_FLAG_EGRESS_OK, PORT_FLAG_MONITOR, PortConfig, PortSet, RuleValue, counter_index,
+    map_names, program_names, reason,
 };
+
+use crate::route_world;
 
 /// The ingress ifindex of a test run: loopback (see the module documentation).
 pub const TEST_IFINDEX: u32 = 1;
@@ -68,19 +76,40 @@ pub fn skb_test_run_refuses(frame: &[u8]) -> bool {
 /// Which program runs the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
+    /// A port's XDP program.
     Xdp,
+    /// A port's TC program.
     Tc,
+    /// The bridge device's TC program (every frame host-bound).
+    Bridge,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::Tc, Hook::Bridge];
+    /// The programs of a bridge port.
+    pub const PORTS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
 
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
             Hook::Xdp => program_names::XDP,
             Hook::Tc => program_names::TC,
+            Hook::Bridge => program_names::BRIDGE,
         }
+    }
+
+    /// Is it a TC program (an skb test run, with its refusals)?
+    #[must_use]
+    pub const fn is_tc(self) -> bool {
+        matches!(self, Hook::Tc | Hook::Bridge)
+    }
+
+    /// The policy the reference model judges this hook's frames with.
+    #[must_use]
+    pub fn model_policy(self, policy: &Policy) -> Policy {
+        let mut p = policy.clone();
+        p.bridge_hook = self == Hook::Bridge;
+        p
     }
 }
 
@@ -171,7 +200,7 @@ impl Datapath {
             // aya's load error carries the verifier log in its message.
             let loaded = match hook {
                 Hook::Xdp => <&mut Xdp>::try_from(program)?.load(),
-                Hook::Tc => <&mut SchedClassifier>::try_from(program)?.load(),
+                Hook::Tc | Hook::Bridge => <&mut SchedClassifier>::try_from(program)?.load(),
             };
             loaded.with_context(|| format!("verifier rejected {name}"))?;
         }
@@ -198,9 +227,9 @@ impl Datapath {
         let ret = self.test_run(hook, frame, 1)?.return_value;
         // XDP_DROP = 1, XDP_PASS = 2; TC_ACT_OK = 0, TC_ACT_SHOT = 2. Anything else is a verdict
         // guard never means to give (XDP_ABORTED = 0 would be a program error).
-        match (hook, ret) {
-            (Hook::Xdp, 1) | (Hook::Tc, 2) => Ok(true),
-            (Hook::Xdp, 2) | (Hook::Tc, 0) => Ok(false),
+        match (hook.is_tc(), ret) {
+            (false, 1) | (true, 2) => Ok(true),
+            (false, 2) | (true, 0) => Ok(false),
             _ => bail!("{} returned unexpected verdict {ret}", hook.name()),
         }
     }
@@ -272,6 +301,8 @@ impl Datapath {
             "BPF_PROG_TEST_RUN cannot run a {}-byte frame (needs {MIN_FRAME}..={MAX_FRAME})",
             frame.len()
         );
+        // The route check consults the FIB of the running thread's namespace.
+        route_world::enter()?;
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -283,7 +314,7 @@ impl Datapath {
             .ok_or_else(|| anyhow!("no program {}", hook.name()))?;
         let result = match hook {
             Hook::Xdp => <&Xdp>::try_from(program)?.test_run(opts),
-            Hook::Tc => <&SchedClassifier>::try_from(program)?.test_run(opts),
+            Hook::Tc | Hook::Bridge => <&SchedClassifier>::try_from(program)?.test_run(opts),
         };
         result.with_context(|| format!("BPF_PROG_TEST_RUN of {}", hook.name()))
     }
@@ -302,11 +333,18 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
 /// Writes `policy` into the freshly loaded (all-zero) maps.
 fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
     let mut flags = 0;
-    if policy.strict_mac {
-        flags |= GLOBAL_FLAG_STRICT_MAC;
-    }
-    if policy.monitor {
-        flags |= GLOBAL_FLAG_MONITOR;
+    for (on, flag) in [
+        (policy.strict_mac, GLOBAL_FLAG_STRICT_MAC),
+        (policy.monitor, GLOBAL_FLAG_MONITOR),
+        (policy.allow_tunnels, GLOBAL_FLAG_ALLOW_TUNNELS),
+        (!policy.route_check, GLOBAL_FLAG_NO_ROUTE_CHECK),
+        // The model's `fib_egress_without_neigh` says what this kernel does; guard passes
+        // SKIP_NEIGH exactly where the kernel has it (attach decides the same way).
+        (policy.fib_egress_without_neigh, GLOBAL_FLAG_FIB_SKIP_NEIGH),
+    ] {
+        if on {
+            flags |= flag;
+        }
     }
     let mut config: Array<_, GlobalConfig> = Array::try_from(map_mut(ebpf, map_names::CONFIG)?)?;
     config.set(
@@ -316,12 +354,24 @@ fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
             // No event reader in a test run: events stay off (they never change verdicts
             // or counters, docs/observe.md).
             event_rate: 0,
-            reserved: [0; 2],
+            bridge_ifindex: policy.bridge_ifindex,
+            reserved: 0,
         },
         0,
     )?;
 
     let mut ports: Array<_, PortConfig> = Array::try_from(map_mut(ebpf, map_names::PORTS)?)?;
+    for &ifindex in &policy.egress_ok {
+        ports.set(
+            ifindex,
+            PortConfig {
+                slot: 0,
+                flags: PORT_FLAG_EGRESS_OK,
+            },
+            0,
+        )?;
+    }
+    // The test port last: in the routing world it is loopback, which is never an egress.
     ports.set(
         TEST_IFINDEX,
         PortConfig {
@@ -334,6 +384,13 @@ fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
         },
         0,
     )?;
+
+    let mut tunnel_ports = Box::new(PortSet::new());
+    for &p in &policy.tunnel_ports {
+        tunnel_ports.insert(p);
+    }
+    let mut set: Array<_, PortSet> = Array::try_from(map_mut(ebpf, map_names::TUNNEL_PORTS)?)?;
+    set.set(0, *tunnel_ports, 0)?;
 
     // 32 KiB: built on the heap, not on the test thread's stack.
     let mut table = Box::new(MacTable::new());

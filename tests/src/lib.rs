@@ -9,7 +9,9 @@
 //! - [`lab`]: a libvirt-like host built from namespaces, bridges and veths, the attack
 //!   generator and the legitimate flows (shared by the tests and `guard-lab demo`);
 //! - [`bench`]: `guard-bench`, guard against the floor, xdp-filter and nftables;
-//! - [`rng`]: the seedable generator of the randomised tests and synthetic policies.
+//! - [`rng`]: the seedable generator of the randomised tests and synthetic policies;
+//! - [`route_world`]: the network namespace whose routes the datapath tests' route checks
+//!   consult, and its mirror for the reference model.
 
 pub mod bench;
 pub mod cases;
@@ -17,3 +19,4 @@ pub mod datapath;
 pub mod lab;
 pub mod packet;
 pub mod rng;
+pub mod route_world;

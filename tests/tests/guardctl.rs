@@ -910,6 +910,7 @@ fn error_cases() {
         is_bridge,
         is_loopback: false,
         up: true,
+        tunnel_port: None,
     };
     let discovery = Discovery {
         bridge: iface(lab.bridge.ifindex, addr::BRIDGE, Some(lab.bridge.mac), true),
@@ -923,8 +924,10 @@ fn error_cases() {
             ifname: lab.mgmt_if.name.clone(),
             addr: IpAddr::V4(addr::HOST_MGMT4),
             prefix_len: 24,
+            peer: None,
         }],
         ifaces: Vec::new(),
+        routes: Vec::new(),
     };
     let loc = Location::new(Some(&host), addr::BRIDGE);
     let outcome = host_ns

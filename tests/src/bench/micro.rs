@@ -210,7 +210,7 @@ fn load_guard(
         let policy = workload::guard_policy(&workload::prefixes(n));
         let dp = Datapath::load(object, &policy)
             .with_context(|| format!("loading {name} with {n} prefixes"))?;
-        for hook in Hook::ALL {
+        for hook in Hook::PORTS {
             let label = format!("{name} {} {}", hook_name(hook), size_label(n));
             let info = dp.program(hook)?.info()?;
             guard_info.push(ProgramFacts {
@@ -239,6 +239,7 @@ pub fn hook_name(hook: Hook) -> &'static str {
     match hook {
         Hook::Xdp => "xdp",
         Hook::Tc => "tc",
+        Hook::Bridge => "bridge",
     }
 }
 
@@ -255,12 +256,12 @@ pub fn size_label(n: usize) -> String {
 fn expected(c: &Contender, path: &Path, retval: u32) -> bool {
     match (c.kind, c.hook) {
         (Kind::Floor, Hook::Xdp) => retval == XDP_PASS,
-        (Kind::Floor, Hook::Tc) => retval == TC_ACT_OK,
+        (Kind::Floor, Hook::Tc | Hook::Bridge) => retval == TC_ACT_OK,
         (Kind::Peer, _) => retval == if path.peer_drops { XDP_DROP } else { XDP_PASS },
         (Kind::Guard { .. }, Hook::Xdp) => {
             retval == if path.guard_drops { XDP_DROP } else { XDP_PASS }
         }
-        (Kind::Guard { .. }, Hook::Tc) => {
+        (Kind::Guard { .. }, Hook::Tc | Hook::Bridge) => {
             retval
                 == if path.guard_drops {
                     TC_ACT_SHOT

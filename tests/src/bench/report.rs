@@ -127,7 +127,7 @@ pub fn micro_report(loaded: &Loaded, s: &Samples, scale: &Scale) -> (String, Vec
     let mut out = String::new();
     let mut targets = Vec::new();
     let mut json_paths = Vec::new();
-    for hook in Hook::ALL {
+    for hook in Hook::PORTS {
         let Some(fl) = floor(loaded, hook) else {
             continue;
         };
@@ -272,7 +272,7 @@ pub fn candidates_report(loaded: &Loaded, s: &Samples, scale: &Scale) -> (String
         .into_iter()
         .collect();
     for (variant, name) in variants {
-        for hook in Hook::ALL {
+        for hook in Hook::PORTS {
             let mut header = vec![format!(
                 "{name} / guard, {} (per-round ratio)",
                 hook_name(hook)

@@ -214,9 +214,7 @@ pub fn guard_policy(prefixes: &[Prefix]) -> Policy {
                 class: CLASS_USER_FIRST,
             })
             .collect(),
-        strict_mac: false,
-        monitor: false,
-        port_monitor: false,
+        ..Policy::default()
     }
 }
 

@@ -32,10 +32,27 @@ pub struct AttachArgs {
     /// tc, and says why), xdp-generic, tcx, or tc (a `cls_bpf` filter, for kernels before 6.6).
     #[arg(long, value_name = "HOOK")]
     pub hook: Option<String>,
-    /// Also hook TC ingress on the bridge device (defence in depth: it sees every
-    /// host-bound frame from all ports).
+    /// Do not hook the bridge device itself. By default a backstop on its TC ingress judges
+    /// every frame the bridge passes up to the host, whatever its MAC, so a port that is not
+    /// hooked yet, a changed bridge or port MAC, or a macvlan leave no gap.
     #[arg(long)]
-    pub bridge_hook: bool,
+    pub no_bridge_hook: bool,
+    /// Judge by prefix rules only. By default what no rule decides is judged by the kernel's
+    /// own route lookup: routed out of any interface but the bridge and the uplinks, or
+    /// delivered to a host address not on the bridge, is dropped.
+    #[arg(long)]
+    pub no_route_check: bool,
+    /// Let tunnel encapsulations (GRE, IPIP, SIT, VXLAN, GENEVE, ...) addressed to the host
+    /// through; by default the host never decapsulates what a guest sends it.
+    #[arg(long)]
+    pub allow_tunnels: bool,
+    /// Also treat UDP PORT as a tunnel port (repeatable; e.g. a FOU receiver's).
+    #[arg(long, value_name = "PORT")]
+    pub tunnel_port: Vec<u16>,
+    /// An interface guests may be routed out of (repeatable). Default: the interfaces that
+    /// carry a default route.
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Vec<String>,
     /// Count and report would-drop frames, but pass them.
     #[arg(long)]
     pub monitor: bool,
@@ -67,15 +84,16 @@ pub fn options(a: &AttachArgs) -> Result<Options> {
                 format!("{} has no [[bridge]] named {:?}", path.display(), a.bridge)
             })?
         }
-        None => Options {
-            hook: "xdp".to_owned(),
-            ..Options::default()
-        },
+        None => Options::default(),
     };
     if let Some(h) = &a.hook {
         o.hook.clone_from(h);
     }
-    o.bridge_hook |= a.bridge_hook;
+    o.bridge_hook &= !a.no_bridge_hook;
+    o.route_check &= !a.no_route_check;
+    o.allow_tunnels |= a.allow_tunnels;
+    o.tunnel_ports.extend(&a.tunnel_port);
+    o.uplinks.extend(a.uplink.iter().cloned());
     o.monitor |= a.monitor;
     o.strict_mac |= a.strict_mac;
     o.monitor_ports.extend(a.monitor_port.iter().cloned());

@@ -1,6 +1,6 @@
 //! guard's datapath: one classifier behind an XDP and a TC entry point.
 //!
-//! The verdict order is docs/datapath.md (which refines ../shared/docs/threat-model.md):
+//! The verdict order is docs/datapath.md (which refines docs/threat-model.md):
 //! not addressed to the host -> pass at once (the hot path); otherwise parse, look up the
 //! destination (or ARP/NS target) in the prefix tries, fail closed on what cannot be parsed.
 //! Every frame leaves through [`account`], which bumps exactly one per-CPU counter and, for

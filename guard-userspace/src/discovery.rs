@@ -1,7 +1,7 @@
 //! What the kernel says about a bridge and the host, over rtnetlink.
 //!
 //! - the bridge's ports (links whose controller is the bridge);
-//! - every MAC the host accepts on that bridge (../shared/docs/threat-model.md): the bridge's
+//! - every MAC the host accepts on that bridge (docs/threat-model.md): the bridge's
 //!   own MAC, the bridge's local FDB entries (each port's own MAC is a permanent local entry and
 //!   frames to it go up to the host), and the MAC of every other local interface;
 //! - every address the host holds, for the default protected set (with the peer prefix of a

@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the attack lab. Builds everything, builds a libvirt-like host from
 //! namespaces (guests on `br-guest`, management and storage networks behind the host, a real
-//! router), fires every attack of ../shared/docs/threat-model.md without guard, attaches guard
+//! router), fires every attack of docs/threat-model.md without guard, attaches guard
 //! with `guardctl attach br-guest` (no flags), fires them again, checks the legitimate flows,
 //! prints both tables side by side and tears the lab down. Exits non-zero unless every attack
 //! was stopped and every legitimate flow worked.

@@ -33,6 +33,7 @@ use crate::{
     EBPF_OBJECT,
     discovery::{Discovery, Iface, Mac, fmt_mac, parse_mac},
     error::{GuardError, Result},
+    layout,
     maps::GuardMaps,
     pins::{Location, ensure_bpffs},
     policy::Policy,
@@ -178,6 +179,9 @@ pub struct Guard {
     pub state: State,
     pub maps: GuardMaps,
     progs: Programs,
+    /// Maps this load replaced because their layout changed (see `layout`): promoted to their
+    /// pins once the new programs run on every hook.
+    upgrade: Option<layout::Plan>,
 }
 
 /// What a reconcile changed, for the caller to print.
@@ -205,6 +209,7 @@ impl Guard {
             && PROGRAM_PINS
                 .iter()
                 .all(|(pin, _)| loc.prog_pin(pin).exists());
+        let mut upgrade = None;
         let result = (|| {
             if reuse_progs {
                 let maps = GuardMaps::open(loc)?;
@@ -227,12 +232,16 @@ impl Guard {
                 ));
             }
             let mut loader = EbpfLoader::new();
+            let plan = layout::plan(loc, object)?;
             let paths: Vec<_> = map_names::ALL
                 .iter()
-                .map(|n| (*n, loc.map_pin(n)))
+                .map(|n| (*n, plan.pin_path(loc, n)))
                 .collect();
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
+            }
+            if !plan.replaced.is_empty() {
+                upgrade = Some(plan);
             }
             let mut ebpf = loader
                 .load(object)
@@ -258,6 +267,9 @@ impl Guard {
         let (maps, progs) = match result {
             Ok(v) => v,
             Err(e) => {
+                if let Some(plan) = &upgrade {
+                    layout::abandon(loc, plan);
+                }
                 if !existed {
                     let _ = loc.remove_all();
                 }
@@ -275,6 +287,7 @@ impl Guard {
             state,
             maps,
             progs,
+            upgrade,
         };
         guard.state.object_id = id;
         Ok((guard, existed))
@@ -297,18 +310,20 @@ impl Guard {
         }
         let (mut guard, existed) = Self::open_for_attach(loc, object)?;
         guard.state.options = options;
-        match guard.reconcile_with(discovery, &policy) {
-            Ok(changes) => {
-                if let Err(e) = guard.pin_programs().and_then(|()| guard.save()) {
-                    if !existed {
-                        guard.teardown();
-                    }
-                    return Err(e);
-                }
-                Ok((guard, changes))
-            }
+        let result = guard
+            .reconcile_with(discovery, &policy)
+            .and_then(|changes| {
+                guard
+                    .pin_programs()
+                    .and_then(|()| guard.save())
+                    .map(|()| changes)
+            });
+        match result {
+            Ok(changes) => Ok((guard, changes)),
             Err(e) => {
-                if !existed {
+                if existed {
+                    guard.abandon_upgrade();
+                } else {
                     guard.teardown();
                 }
                 Err(e)
@@ -329,10 +344,22 @@ impl Guard {
     /// Brings maps and hooks in line with `discovery` and the stored options.
     pub fn reconcile(&mut self, discovery: &Discovery) -> Result<Changes> {
         let policy = Policy::build(&self.state.options, discovery)?;
-        let changes = self.reconcile_with(discovery, &policy)?;
-        self.pin_programs()?;
+        let changes = self
+            .reconcile_with(discovery, &policy)
+            .and_then(|changes| self.pin_programs().map(|()| changes));
+        if changes.is_err() {
+            self.abandon_upgrade();
+        }
+        let changes = changes?;
         self.save()?;
         Ok(changes)
+    }
+
+    /// Drops the staging pins of a map upgrade that did not complete; the old maps stay.
+    fn abandon_upgrade(&mut self) {
+        if let Some(plan) = self.upgrade.take() {
+            layout::abandon(&self.loc, &plan);
+        }
     }
 
     fn reconcile_with(&mut self, discovery: &Discovery, policy: &Policy) -> Result<Changes> {
@@ -744,9 +771,14 @@ impl Guard {
         }
     }
 
+    /// Pins the programs of a fresh load (replacing the old pins) and puts maps that changed
+    /// layout under their names: called once the new programs run on every hook.
     fn pin_programs(&mut self) -> Result<()> {
         if matches!(self.progs, Programs::Pinned { .. }) {
             return Ok(());
+        }
+        if let Some(plan) = self.upgrade.take() {
+            layout::promote(&self.loc, &plan)?;
         }
         for (pin, _) in PROGRAM_PINS {
             let path = self.loc.prog_pin(pin);
@@ -775,6 +807,9 @@ impl Guard {
     /// Removes every hook, pin and the state. Used for `detach` and to roll back a failed
     /// first attach.
     pub fn teardown(self) {
+        if let Some(plan) = &self.upgrade {
+            layout::abandon(&self.loc, plan);
+        }
         for (ifindex, port) in &self.state.ports {
             self.unhook(*ifindex, port);
         }

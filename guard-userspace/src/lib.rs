@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod identity;
+pub mod layout;
 pub mod maps;
 pub mod metrics;
 pub mod netns;

@@ -62,8 +62,12 @@ impl GuardMaps {
         })
     }
 
-    /// Opens the maps pinned for an attached bridge.
+    /// Opens the maps pinned for an attached bridge. Fails with a clear message when they were
+    /// pinned by a guard whose map layout differs (`attach` upgrades them in place).
     pub fn open(loc: &Location) -> Result<Self> {
+        if loc.is_attached() {
+            crate::layout::check(loc, crate::EBPF_OBJECT)?;
+        }
         Self::with(|name| {
             let path = loc.map_pin(name);
             let data = MapData::from_pin(&path).map_err(|e| pin_error(loc, name, &path, e))?;

@@ -17,6 +17,8 @@
 //!   `arp_announce`;
 //! - `IN_DEV_ORCONF` (either): `arp_filter`, `accept_local`, `proxy_arp`,
 //!   `drop_unicast_in_l2_multicast`;
+//! - `IN_DEV_ANDCONF` (both): `accept_source_route`; IPv6 `seg6_enabled` and
+//!   `rpl_seg_enabled` are the minimum of `all` and the interface (`net/ipv6/exthdrs.c`);
 //! - the interface value only: IPv4 `forwarding` (`IN_DEV_FORWARD`; writing
 //!   `net.ipv4.ip_forward` copies the value to every interface and `default`,
 //!   `net/ipv4/devinet.c` `inet_forward_change`), and the IPv6 per-interface settings
@@ -304,6 +306,7 @@ const V4_KNOBS: &[&str] = &[
     "drop_unicast_in_l2_multicast",
     "accept_local",
     "proxy_arp",
+    "accept_source_route",
 ];
 const V6_KNOBS: &[&str] = &[
     "forwarding",
@@ -312,6 +315,8 @@ const V6_KNOBS: &[&str] = &[
     "accept_ra",
     "proxy_ndp",
     "drop_unicast_in_l2_multicast",
+    "seg6_enabled",
+    "rpl_seg_enabled",
 ];
 
 /// The sysctl paths the audit reads for these bridges.
@@ -693,6 +698,8 @@ fn bridge_findings(snap: &Snapshot, br: &BridgeView, out: &mut Vec<Finding>) {
     unicast_in_l2_multicast(&mut c);
     accept_local(&mut c);
     proxy(&mut c);
+    source_route(&mut c);
+    segment_routing(&mut c);
     guard_hooks(&mut c);
 }
 
@@ -1291,6 +1298,89 @@ fn proxy(c: &mut Ctx<'_>) {
     );
 }
 
+fn source_route(c: &mut Ctx<'_>) {
+    let br = c.name().to_owned();
+    let all = c.snap.v4("all", "accept_source_route") == Some(1);
+    let dev = c.snap.v4(&br, "accept_source_route") == Some(1);
+    if !(all && dev) {
+        return;
+    }
+    let ch = SysctlChange::new(&v4(&br, "accept_source_route"), 0);
+    c.push(
+        "ipv4-source-route",
+        if c.fwd4 {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
+        format!("{br} accepts IPv4 source-routed packets"),
+        c.obs(&[
+            v4("all", "accept_source_route"),
+            v4(&br, "accept_source_route"),
+        ]),
+        &format!(
+            "accept_source_route is on in conf.all and on {br} (IN_DEV_SOURCE_ROUTE is \
+             IN_DEV_ANDCONF): a guest sends a packet to an address of the host it may reach \
+             (the bridge's own) with a loose or strict source route option naming a storage \
+             or management address, and the host rewrites the destination and forwards it \
+             there (net/ipv4/ip_options.c ip_options_rcv_srr). guard drops such packets \
+             (deny_srcroute); turning the option off closes it without guard."
+        ),
+        vec![
+            ch.command(),
+            "sysctl -w net.ipv4.conf.all.accept_source_route=0".to_owned(),
+        ],
+        vec![ch],
+        "applied: the bridge's value alone turns it off (both must be on)",
+    );
+}
+
+fn segment_routing(c: &mut Ctx<'_>) {
+    let br = c.name().to_owned();
+    if !c.snap.ipv6_on(&br) {
+        return;
+    }
+    for (knob, what, id) in [
+        (
+            "seg6_enabled",
+            "segment routing headers (SRv6)",
+            "ipv6-segment-routing",
+        ),
+        (
+            "rpl_seg_enabled",
+            "RPL source routing headers",
+            "ipv6-rpl-source-route",
+        ),
+    ] {
+        let all = c.snap.v6("all", knob) == Some(1);
+        let dev = c.snap.v6(&br, knob) == Some(1);
+        if !(all && dev) {
+            continue;
+        }
+        let ch = SysctlChange::new(&v6(&br, knob), 0);
+        c.push(
+            id,
+            Severity::High,
+            format!("{br} processes IPv6 {what}"),
+            c.obs(&[v6("all", knob), v6(&br, knob)]),
+            &format!(
+                "{knob} is on in conf.all and on {br} (the kernel takes the minimum of the \
+                 two, net/ipv6/exthdrs.c): a guest sends a packet to an address of the host \
+                 it may reach with a routing header whose next segment is a storage or \
+                 management address, and the host rewrites the destination and forwards it. \
+                 guard drops routing headers with segments left (deny_srcroute); turning \
+                 the option off closes it without guard."
+            ),
+            vec![
+                ch.command(),
+                format!("sysctl -w net.ipv6.conf.all.{knob}=0"),
+            ],
+            vec![ch],
+            "applied: the bridge's value alone turns it off (both must be on)",
+        );
+    }
+}
+
 fn guard_hooks(c: &mut Ctx<'_>) {
     let br = c.name().to_owned();
     let ns = c
@@ -1494,6 +1584,26 @@ mod tests {
         for c in changes {
             s.sysctls.insert(c.path.clone(), c.value);
         }
+    }
+
+    #[test]
+    fn source_routing_needs_both_values_and_the_bridge_fix_suffices() {
+        let mut s = fresh(None);
+        s.sysctls.insert(v4("all", "accept_source_route"), 1);
+        s.sysctls.insert(v4(BR, "accept_source_route"), 0);
+        s.sysctls.insert(v6("all", "seg6_enabled"), 1);
+        assert!(!ids(&evaluate(&s)).contains("ipv4-source-route"));
+        assert!(!ids(&evaluate(&s)).contains("ipv6-segment-routing"));
+        s.sysctls.insert(v4(BR, "accept_source_route"), 1);
+        s.sysctls.insert(v6(BR, "seg6_enabled"), 1);
+        let r = evaluate(&s);
+        assert_eq!(find(&r, "ipv4-source-route").severity, Severity::High);
+        assert_eq!(find(&r, "ipv6-segment-routing").severity, Severity::High);
+        let mut fixed = s.clone();
+        apply_to(&mut fixed, &find(&r, "ipv4-source-route").auto_fix);
+        apply_to(&mut fixed, &find(&r, "ipv6-segment-routing").auto_fix);
+        let after = ids(&evaluate(&fixed));
+        assert!(!after.contains("ipv4-source-route") && !after.contains("ipv6-segment-routing"));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod check;
 pub mod frame;
 pub mod guardctl;
 pub mod harness;
+pub mod holes;
 pub mod legit;
 pub mod netns;
 pub mod sock;

@@ -117,7 +117,7 @@ fn stream(lab: &Lab, attacker: Attacker, names: &[&str], gap: Duration) -> Strea
 
 /// Starts the agent on the lab's bridge.
 fn start_agent(gctl: &Guardctl, netns: &str) -> Agent {
-    Agent::start(gctl, netns, addr::BRIDGE).expect("start guardctl run")
+    Agent::start(gctl, netns, addr::BRIDGE, &[]).expect("start guardctl run")
 }
 
 // ---------------------------------------------------------------------------------------------

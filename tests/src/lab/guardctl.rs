@@ -328,11 +328,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent on `bridge` in `netns` and waits until it reports that it follows
-    /// the bridge.
-    pub fn start(gctl: &Guardctl, netns: &str, bridge: &str) -> Result<Self> {
+    /// Starts the agent on `bridge` in `netns` (`extra`: more options of `guardctl run`, such
+    /// as `--hook tc`) and waits until it reports that it follows the bridge.
+    pub fn start(gctl: &Guardctl, netns: &str, bridge: &str, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["run", bridge];
+        args.extend_from_slice(extra);
         let mut child = gctl
-            .command(Some(netns), &["run", bridge])
+            .command(Some(netns), &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

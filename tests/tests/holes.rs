@@ -131,13 +131,18 @@ fn holes_class(class: Class, hook: Option<&str>) {
     let status = gctl.status(&host, addr::BRIDGE).expect("status --json");
     let names: Vec<&str> = lab.ports.iter().map(|p| p.host.name.as_str()).collect();
     problems.extend(check::mode_problems(&status, &names, hook));
+    // Each port's mode, and why it fell back if it did (native XDP on a veth refuses an MTU
+    // above a page unless the program handles fragments).
     let modes: Vec<String> = status["ports"]
         .as_array()
         .map(|ps| {
             ps.iter()
                 .map(|p| {
+                    let fallback = p["fallback"]
+                        .as_str()
+                        .map_or(String::new(), |f| format!(" (fallback: {f})"));
                     format!(
-                        "{}={}",
+                        "{}={}{fallback}",
                         p["name"].as_str().unwrap_or("?"),
                         p["mode"].as_str().unwrap_or("?")
                     )
@@ -185,7 +190,7 @@ fn holes_class(class: Class, hook: Option<&str>) {
          {:<28} {:>8} {:>8} {:>6} {:>8}  {}\n",
         class.title(),
         lab.variant(),
-        modes.join(" "),
+        modes.join("; "),
         "case",
         "without",
         "with",

@@ -183,7 +183,46 @@ fn setup() -> Result<()> {
         &FOU_PORT.to_string(),
         "ipproto",
         &IPPROTO_IPIP.to_string(),
-    ])
+    ])?;
+    wait_storage_ready()
+}
+
+/// Polls until the storage link is up on both ends and IPv6 can use it: the carrier reaches
+/// a veth through linkwatch (up to a second late), and until then an IPv6 address stays
+/// tentative and its prefix route is missing, so the first forwarded IPv6 packets would be
+/// lost for reasons that have nothing to do with guard.
+fn wait_storage_ready() -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ready = || -> Result<bool> {
+        let up = |ns: Option<&str>, dev: &str| -> Result<bool> {
+            let mut c = Command::new("ip");
+            if let Some(n) = ns {
+                c.args(["-n", n]);
+            }
+            Ok(run(c.args(["-br", "link", "show", dev]))?
+                .split_whitespace()
+                .nth(1)
+                == Some("UP"))
+        };
+        let tentative = |ns: &str| -> Result<bool> {
+            Ok(
+                !run(Command::new("ip").args(["-n", ns, "-6", "addr", "show", "tentative"]))?
+                    .trim()
+                    .is_empty(),
+            )
+        };
+        let route = !run(Command::new("ip").args(["-6", "route", "show", "fd00:20::/64"]))?
+            .trim()
+            .is_empty();
+        Ok(up(None, "stor0")? && up(Some(STORAGE_NS), "eth0")? && route && !tentative(STORAGE_NS)?)
+    };
+    while !ready()? {
+        if std::time::Instant::now() >= deadline {
+            return Err(anyhow!("the storage link is not ready after 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 fn teardown(guardctl: &Path) {

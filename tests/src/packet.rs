@@ -1,6 +1,8 @@
 //! A small builder for the frames guard judges: Ethernet with any number of 802.1Q/802.1ad
-//! tags, IPv4 (options, fragments, header-field overrides), IPv6 (extension-header chains),
-//! ICMPv6 neighbour discovery, ARP, arbitrary EtherTypes, and truncation.
+//! tags, IPv4 (options, source routes, fragments, header-field overrides), IPv6
+//! (extension-header chains, segment routing), ICMPv6 neighbour discovery, ARP, arbitrary
+//! EtherTypes, tunnel encapsulations (VXLAN, GENEVE, GRE; IPIP, SIT and FOU need only a
+//! payload), and truncation.
 //!
 //! Frames come out byte-exact and, unless a field is overridden on purpose, well-formed:
 //! lengths are computed, and the IPv4 header, UDP, TCP, ICMP and ICMPv6 checksums are correct,
@@ -30,14 +32,35 @@ pub const ETH_P_LLDP: u16 = 0x88cc;
 /// IP protocol / IPv6 next-header numbers.
 pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
+/// IPv4 in IPv4 (IPIP, and what a FOU port carries for `ipproto 4`).
+pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// IPv6 in IPv4 (SIT).
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_GRE: u8 = 47;
 pub const IPPROTO_ROUTING: u8 = 43;
 pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_AH: u8 = 51;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_NONE: u8 = 59;
 pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// IPv4 option types (RFC 791 3.1): no-operation, loose and strict source route.
+pub const IPOPT_NOP: u8 = 1;
+pub const IPOPT_LSRR: u8 = 0x83;
+pub const IPOPT_SSRR: u8 = 0x89;
+
+/// IPv6 routing header type of segment routing (RFC 8754).
+pub const IPV6_SRCRT_TYPE_SEG6: u8 = 4;
+
+/// UDP ports of the tunnels: VXLAN (IANA, RFC 7348), VXLAN as Linux numbers it when no
+/// `dstport` is given, GENEVE (RFC 8926).
+pub const VXLAN_PORT: u16 = 4789;
+pub const VXLAN_LINUX_PORT: u16 = 8472;
+pub const GENEVE_PORT: u16 = 6081;
+/// Transparent Ethernet bridging: the protocol type of an Ethernet frame inside GRE or GENEVE.
+pub const ETH_P_TEB: u16 = 0x6558;
 
 /// ICMPv6 types.
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -67,6 +90,39 @@ pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
     Ipv6Addr::from([
         0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
     ])
+}
+
+/// A VXLAN header (RFC 7348: flags with the I bit, 24-bit VNI) followed by `inner`, an
+/// Ethernet frame: the payload of a UDP datagram to [`VXLAN_PORT`] (or [`VXLAN_LINUX_PORT`]).
+#[must_use]
+pub fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut b = vec![0x08, 0, 0, 0];
+    b.extend_from_slice(&(vni << 8).to_be_bytes());
+    b.extend_from_slice(inner);
+    b
+}
+
+/// A GENEVE header without options (RFC 8926: version 0, 24-bit VNI) carrying `inner` of
+/// protocol type `proto` ([`ETH_P_TEB`] for an Ethernet frame): the payload of a UDP datagram
+/// to [`GENEVE_PORT`].
+#[must_use]
+pub fn geneve(vni: u32, proto: u16, inner: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0];
+    b.extend_from_slice(&proto.to_be_bytes());
+    b.extend_from_slice(&(vni << 8).to_be_bytes());
+    b.extend_from_slice(inner);
+    b
+}
+
+/// A GRE header (RFC 2784: no checksum, key or sequence number) carrying `inner` of protocol
+/// type `proto` (`ETH_P_IPV4` for an IP packet, [`ETH_P_TEB`] for an Ethernet frame): the
+/// payload of IP protocol [`IPPROTO_GRE`].
+#[must_use]
+pub fn gre(proto: u16, inner: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0];
+    b.extend_from_slice(&proto.to_be_bytes());
+    b.extend_from_slice(inner);
+    b
 }
 
 /// One VLAN tag as it sits in the frame: TPID, then TCI (PCP, DEI, VLAN ID).
@@ -468,6 +524,9 @@ pub struct Ipv4 {
     pub ihl: Option<u8>,
     pub tot_len: Option<u16>,
     pub proto: Option<u8>,
+    /// The destination the upper-layer checksum is computed with, when it is not `dst`: the
+    /// final destination of a source route (set by [`Ipv4::source_route`]).
+    pub pseudo_dst: Option<Ipv4Addr>,
 }
 
 impl Ipv4 {
@@ -490,6 +549,7 @@ impl Ipv4 {
             ihl: None,
             tot_len: None,
             proto: None,
+            pseudo_dst: None,
         }
     }
 
@@ -504,6 +564,24 @@ impl Ipv4 {
     #[must_use]
     pub fn options(mut self, options: &[u8]) -> Self {
         self.options = options.to_vec();
+        self
+    }
+
+    /// A loose (or, with `strict`, strict) source route (RFC 791 3.1), as `ping -R`-style tools
+    /// send it: a no-operation byte, then the option, so the addresses sit on 4-byte
+    /// boundaries. `dst` stays the first hop; `route` lists the hops after it, the final
+    /// destination last. The upper-layer checksum uses that final destination: it is the
+    /// destination field the receiver sees once the route is used up (RFC 768, RFC 1122 3.2.1.8).
+    /// Replaces any other options.
+    #[must_use]
+    pub fn source_route(mut self, route: &[Ipv4Addr], strict: bool) -> Self {
+        let kind = if strict { IPOPT_SSRR } else { IPOPT_LSRR };
+        let mut o = vec![IPOPT_NOP, kind, (3 + 4 * route.len()) as u8, 4];
+        for hop in route {
+            o.extend_from_slice(&hop.octets());
+        }
+        self.options = o;
+        self.pseudo_dst = route.last().copied();
         self
     }
 
@@ -544,11 +622,12 @@ impl Ipv4 {
         options.resize(options.len().div_ceil(4) * 4, 0);
         let hlen = 20 + options.len();
         let (src, dst) = (self.src.octets(), self.dst.octets());
+        let pseudo_dst = self.pseudo_dst.map_or(dst, |a| a.octets());
         let proto = self.proto.unwrap_or_else(|| self.upper.proto(false));
         let pseudo = |proto: u8, len: usize| {
             let mut p = Vec::with_capacity(12);
             p.extend_from_slice(&src);
-            p.extend_from_slice(&dst);
+            p.extend_from_slice(&pseudo_dst);
             p.extend_from_slice(&[0, proto]);
             p.extend_from_slice(&(len as u16).to_be_bytes());
             p
@@ -600,6 +679,12 @@ pub enum Ext {
     },
     /// Authentication header: Payload Len field `len` (size `4 * (len + 2)`).
     Ah { len: u8 },
+    /// Segment routing header (routing type 4, RFC 8754): `segments` in header order (the
+    /// final segment first), `segments_left` the index of the active one.
+    SegmentRouting {
+        segments_left: u8,
+        segments: Vec<Ipv6Addr>,
+    },
     /// Any header: its next-header code (as the previous header names it) and its bytes from
     /// the length byte on (the builder writes the first byte, the next header).
     Raw { code: u8, rest: Vec<u8> },
@@ -609,7 +694,7 @@ impl Ext {
     fn code(&self) -> u8 {
         match self {
             Ext::HopByHop { .. } => IPPROTO_HOPOPTS,
-            Ext::Routing { .. } => IPPROTO_ROUTING,
+            Ext::Routing { .. } | Ext::SegmentRouting { .. } => IPPROTO_ROUTING,
             Ext::DestOpts { .. } => IPPROTO_DSTOPTS,
             Ext::Fragment { .. } => IPPROTO_FRAGMENT,
             Ext::Ah { .. } => IPPROTO_AH,
@@ -662,6 +747,28 @@ impl Ext {
                 b.extend_from_slice(&0x100u32.to_be_bytes()); // SPI
                 b.resize(size.max(8), 0);
                 b.truncate(size);
+                b
+            }
+            Ext::SegmentRouting {
+                segments_left,
+                segments,
+            } => {
+                let n = segments.len();
+                // Hdr Ext Len (8-byte units after the first 8), type, Segments Left, Last
+                // Entry, flags, tag.
+                let mut b = vec![
+                    next,
+                    (2 * n) as u8,
+                    IPV6_SRCRT_TYPE_SEG6,
+                    *segments_left,
+                    n.saturating_sub(1) as u8,
+                    0,
+                    0,
+                    0,
+                ];
+                for s in segments {
+                    b.extend_from_slice(&s.octets());
+                }
                 b
             }
             Ext::Raw { rest, .. } => {
@@ -789,6 +896,20 @@ impl Ipv6 {
         self.ext(Ext::Ah { len: 1 })
     }
 
+    /// A segment routing header (RFC 8754) as a source sends it: `dst` stays the active (first)
+    /// segment and `via` lists the segments after it, the final destination last. The header
+    /// holds them in reverse order with Segments Left pointing at `dst`; the upper-layer
+    /// checksum uses the final destination (RFC 8200 8.1).
+    #[must_use]
+    pub fn segment_route(self, via: &[Ipv6Addr]) -> Self {
+        let mut segments: Vec<Ipv6Addr> = via.iter().rev().copied().collect();
+        segments.push(self.dst);
+        self.ext(Ext::SegmentRouting {
+            segments_left: via.len() as u8,
+            segments,
+        })
+    }
+
     #[must_use]
     pub fn payload_len(mut self, len: u16) -> Self {
         self.payload_len = Some(len);
@@ -805,10 +926,23 @@ impl Ipv6 {
     #[must_use]
     pub fn build(&self) -> Vec<u8> {
         let (src, dst) = (self.src.octets(), self.dst.octets());
+        // With a routing header that still has segments to visit, the pseudo-header holds the
+        // final destination (RFC 8200 8.1): the first entry of a segment list.
+        let final_dst = self
+            .exts
+            .iter()
+            .find_map(|e| match e {
+                Ext::SegmentRouting {
+                    segments_left,
+                    segments,
+                } if *segments_left > 0 => segments.first().map(Ipv6Addr::octets),
+                _ => None,
+            })
+            .unwrap_or(dst);
         let pseudo = |proto: u8, len: usize| {
             let mut p = Vec::with_capacity(40);
             p.extend_from_slice(&src);
-            p.extend_from_slice(&dst);
+            p.extend_from_slice(&final_dst);
             p.extend_from_slice(&(len as u32).to_be_bytes());
             p.extend_from_slice(&[0, 0, 0, proto]);
             p
@@ -1038,6 +1172,74 @@ mod tests {
         assert_eq!(&f[16..18], &[0x81, 0x00]);
         assert_eq!(&f[20..22], &[0x08, 0x00]);
         assert_eq!(f.len(), 60);
+    }
+
+    #[test]
+    fn loose_source_route_layout_and_final_destination_checksum() {
+        let hop = Ipv4Addr::new(10, 20, 0, 2);
+        let p = Ipv4::new([192, 168, 50, 11], [192, 168, 50, 254])
+            .source_route(&[hop], false)
+            .udp(1, 2, b"abc")
+            .build();
+        // IHL 7: 20 bytes, then NOP and the 7-byte option (type, length, pointer, one hop).
+        assert_eq!(p[0], 0x47);
+        assert_eq!(&p[20..28], &[1, 0x83, 7, 4, 10, 20, 0, 2]);
+        assert_eq!(&p[16..20], &[192, 168, 50, 254]);
+        assert_eq!(checksum(&[&p[..28]]), 0);
+        // UDP verifies against the final destination, not the first hop.
+        let mut ph = p[12..16].to_vec();
+        ph.extend_from_slice(&hop.octets());
+        ph.extend_from_slice(&[0, 17, 0, 11]);
+        assert_eq!(checksum(&[&ph, &p[28..]]), 0);
+        let s = Ipv4::new([1, 1, 1, 1], [2, 2, 2, 2])
+            .source_route(&[hop, Ipv4Addr::new(10, 0, 0, 9)], true)
+            .build();
+        assert_eq!(s[0], 0x48);
+        assert_eq!(&s[21..24], &[0x89, 11, 4]);
+    }
+
+    #[test]
+    fn segment_routing_header_layout_and_final_destination_checksum() {
+        let first: Ipv6Addr = "fd00:50::254".parse().expect("literal");
+        let last: Ipv6Addr = "fd00:20::1".parse().expect("literal");
+        let src: Ipv6Addr = "fd00:50::11".parse().expect("literal");
+        let b = Ipv6::new(src, first)
+            .segment_route(&[last])
+            .udp(1, 2, b"x")
+            .build();
+        assert_eq!(b[6], IPPROTO_ROUTING);
+        // Next header UDP, length 4 (two segments), type 4, segments left 1, last entry 1.
+        assert_eq!(&b[40..48], &[IPPROTO_UDP, 4, 4, 1, 1, 0, 0, 0]);
+        assert_eq!(&b[48..64], &last.octets());
+        assert_eq!(&b[64..80], &first.octets());
+        assert_eq!(&b[24..40], &first.octets());
+        let mut ph = src.octets().to_vec();
+        ph.extend_from_slice(&last.octets());
+        ph.extend_from_slice(&9u32.to_be_bytes());
+        ph.extend_from_slice(&[0, 0, 0, IPPROTO_UDP]);
+        assert_eq!(checksum(&[&ph, &b[80..]]), 0);
+        assert_eq!(usize::from(u16::from_be_bytes([b[4], b[5]])), b.len() - 40);
+    }
+
+    #[test]
+    fn tunnel_headers() {
+        let inner = Eth::new(A, B).raw(0x88b5, b"in").build();
+        let v = vxlan(0x00ab_cdef, &inner);
+        assert_eq!(&v[..8], &[0x08, 0, 0, 0, 0xab, 0xcd, 0xef, 0]);
+        assert_eq!(&v[8..], &inner[..]);
+        let g = geneve(42, ETH_P_TEB, &inner);
+        assert_eq!(&g[..8], &[0, 0, 0x65, 0x58, 0, 0, 42, 0]);
+        let r = gre(ETH_P_IPV4, b"ip");
+        assert_eq!(r, [0, 0, 8, 0, b'i', b'p']);
+        // A whole VXLAN frame: outer UDP to 4789 whose checksum covers the encapsulation.
+        let f = Eth::new(A, B)
+            .ipv4(Ipv4::new([192, 168, 50, 11], [192, 168, 50, 254]).udp(40000, VXLAN_PORT, &v))
+            .build();
+        assert_eq!(u16::from_be_bytes([f[36], f[37]]), VXLAN_PORT);
+        let mut ph = f[26..34].to_vec();
+        ph.extend_from_slice(&[0, 17]);
+        ph.extend_from_slice(&((f.len() - 34) as u16).to_be_bytes());
+        assert_eq!(checksum(&[&ph, &f[34..]]), 0);
     }
 
     #[test]

@@ -23,8 +23,9 @@ use std::{
 
 use guard_tests::lab::{
     Lab, Role, Variant, addr,
-    attack::{self, AttackCase, Attacker, CaseResult, Expect, FireOptions, Probe},
-    guardctl::{DROP_REASONS, Guardctl, PinScope, Stats},
+    attack::{self, AttackCase, Attacker, FireOptions, Probe},
+    check::{self, frac},
+    guardctl::{Guardctl, PinScope, drop_reason_names},
     harness::{assert_no_namespaces_left, require_root_and_guardctl, serial},
     legit,
 };
@@ -38,9 +39,6 @@ fn require_root() -> Guardctl {
 /// How long a case's counter may take to reach its frame count (the program runs when the
 /// veth peer's NAPI or backlog processes the frame, shortly after the send returns).
 const COUNTER_DEADLINE: Duration = Duration::from_secs(3);
-/// Poll interval while waiting for a counter (a poll with a deadline, not a synchronisation
-/// sleep).
-const POLL: Duration = Duration::from_millis(2);
 
 /// The reason guard must count a case's frames under.
 fn expected_reason(case: &AttackCase) -> &'static str {
@@ -56,71 +54,6 @@ fn expected_reason(case: &AttackCase) -> &'static str {
         | Probe::Ndp { unicast: true, .. } => "deny_ipv6",
         Probe::Arp { .. } => "deny_arp",
         Probe::Ndp { unicast: false, .. } => "deny_ndp",
-    }
-}
-
-/// The counter changes seen for one case.
-struct Counted {
-    reason: &'static str,
-    /// Drop reasons on the attacker's port that changed, with their deltas.
-    port_drops: BTreeMap<&'static str, u64>,
-    /// Drops on the whole bridge (every port and the unregistered slot).
-    bridge_drops: u64,
-}
-
-fn drop_deltas(before: &Stats, after: &Stats, port: &str) -> BTreeMap<&'static str, u64> {
-    DROP_REASONS
-        .iter()
-        .map(|r| {
-            (
-                *r,
-                after
-                    .port_reason(port, r)
-                    .saturating_sub(before.port_reason(port, r)),
-            )
-        })
-        .filter(|(_, d)| *d > 0)
-        .collect()
-}
-
-/// Problems with a negative control, one line each.
-fn negative_control_problems(
-    what: &str,
-    attacks: &[CaseResult],
-    flows: &[CaseResult],
-) -> Vec<String> {
-    let mut p: Vec<String> = attacks
-        .iter()
-        .filter(|r| !r.as_expected_without_guard())
-        .map(|r| match r.expect {
-            Expect::Delivered => format!(
-                "INVALID negative control ({what}) {r}: the attack does not work without guard"
-            ),
-            Expect::NotDelivered(why) => format!(
-                "CHANGED kernel ({what}): {r} gets through without guard, although \"{why}\""
-            ),
-        })
-        .collect();
-    p.extend(
-        flows
-            .iter()
-            .filter(|r| !r.all_delivered())
-            .map(|r| format!("BROKEN lab ({what}): legit flow {r} does not work without guard")),
-    );
-    p
-}
-
-fn frac(r: &CaseResult) -> String {
-    format!("{}/{}", r.delivered, r.sent)
-}
-
-/// The expected hook modes in `status --json` for a `--hook` value.
-fn expected_modes(hook: Option<&str>) -> &'static [&'static str] {
-    match hook {
-        None | Some("xdp") => &["xdp-native", "xdp-generic"],
-        Some("tcx") => &["tcx"],
-        Some("tc") => &["tc"],
-        Some(other) => panic!("no expectation for --hook {other}"),
     }
 }
 
@@ -147,71 +80,29 @@ fn end_to_end(variant: Variant, hook: Option<&str>) {
     // 1. The negative control: without guard every attack works.
     let without = attack::fire(&lab, &attacker, &cases, opts).expect("fire without guard");
     let legit_without = legit::run_all(&lab, opts).expect("legit flows without guard");
-    let invalid = negative_control_problems("before attach", &without, &legit_without);
+    let invalid = check::negative_control_problems("before attach", &without, &legit_without);
     assert!(invalid.is_empty(), "{}", invalid.join("\n"));
 
     // 2. Attach with no policy flags.
-    let mut args = vec!["attach", addr::BRIDGE];
-    if let Some(h) = hook {
-        args.extend(["--hook", h]);
-    }
-    gctl.ok(Some(&host), &args).expect("guardctl attach");
+    check::attach(&gctl, &host, addr::BRIDGE, hook).expect("guardctl attach");
     let status = gctl.status(&host, addr::BRIDGE).expect("status --json");
-    let modes = expected_modes(hook);
-    for p in &lab.ports {
-        let entry = status["ports"]
-            .as_array()
-            .and_then(|ports| {
-                ports
-                    .iter()
-                    .find(|e| e["name"].as_str() == Some(p.host.name.as_str()))
-            })
-            .unwrap_or_else(|| panic!("port {} not in status: {status:#}", p.host.name));
-        let mode = entry["mode"].as_str().unwrap_or("?");
-        if !modes.contains(&mode) {
-            problems.push(format!(
-                "port {} hooked as {mode}, wanted one of {modes:?}",
-                p.host.name
-            ));
-        }
-        if mode != "tc" && entry["link_id"].as_u64().is_none() {
-            problems.push(format!("port {} has no pinned link: {entry}", p.host.name));
-        }
-    }
+    let names: Vec<&str> = lab.ports.iter().map(|p| p.host.name.as_str()).collect();
+    problems.extend(check::mode_problems(&status, &names, hook));
 
     // 3. Every case again, with guard: counters read after each case's frames.
-    let mut counted: Vec<Counted> = Vec::new();
-    let mut before = gctl.stats(&host, addr::BRIDGE).expect("stats");
-    let with = attack::fire_with(&lab, &attacker, &cases, opts, |case| {
-        let reason = expected_reason(case);
-        let deadline = Instant::now() + COUNTER_DEADLINE;
-        let after = loop {
-            let now = gctl.stats(&host, addr::BRIDGE)?;
-            let d = now
-                .port_reason(&port, reason)
-                .saturating_sub(before.port_reason(&port, reason));
-            if d >= n || Instant::now() >= deadline {
-                break now;
-            }
-            std::thread::sleep(POLL);
-        };
-        counted.push(Counted {
-            reason,
-            port_drops: drop_deltas(&before, &after, &port),
-            bridge_drops: after.total_dropped().saturating_sub(before.total_dropped()),
-        });
-        before = after;
-        Ok(())
-    })
+    let (with, counted) = check::fire_counted(
+        &lab,
+        (&gctl, &host, &port),
+        &attacker,
+        &cases,
+        (opts, COUNTER_DEADLINE),
+        |case, c| c.port.get(expected_reason(case)).copied().unwrap_or(0) >= n,
+    )
     .expect("fire with guard");
 
     // 4. Legit flows with guard: all delivered, nothing dropped meanwhile.
-    let legit_before = gctl.stats(&host, addr::BRIDGE).expect("stats");
-    let legit_with = legit::run_all(&lab, opts).expect("legit flows with guard");
-    let legit_after = gctl.stats(&host, addr::BRIDGE).expect("stats");
-    let legit_drops = legit_after
-        .total_dropped()
-        .saturating_sub(legit_before.total_dropped());
+    let (legit_with, legit_drops) =
+        check::legit_counted(&lab, &gctl, &host, opts).expect("legit flows with guard");
     let stats_text = gctl
         .ok(Some(&host), &["stats", addr::BRIDGE])
         .unwrap_or_else(|e| format!("{e:#}"));
@@ -224,9 +115,14 @@ fn end_to_end(variant: Variant, hook: Option<&str>) {
         problems.push(format!("left after detach: {left:?}"));
     }
     let restored = attack::fire(&lab, &attacker, &cases, opts).expect("fire after detach");
-    problems.extend(negative_control_problems("after detach", &restored, &[]));
+    problems.extend(check::negative_control_problems(
+        "after detach",
+        &restored,
+        &[],
+    ));
 
     // The table (it goes into the issue's note).
+    let drop_reasons = drop_reason_names();
     let mut t = format!(
         "\n{variant}, hook {hook_name}: {n} frames per case from g1 (port {port})\n\
          {:<28} {:>8} {:>8} {:<10} {:>6} {:>8}\n",
@@ -240,14 +136,21 @@ fn end_to_end(variant: Variant, hook: Option<&str>) {
         .zip(&with)
         .zip(counted.iter().zip(&restored))
     {
-        let got = c.port_drops.get(c.reason).copied().unwrap_or(0);
+        let reason = expected_reason(case);
+        let port_drops: BTreeMap<&str, u64> = c
+            .port
+            .iter()
+            .filter(|(r, _)| drop_reasons.contains(&r.as_str()))
+            .map(|(r, d)| (r.as_str(), *d))
+            .collect();
+        let got = port_drops.get(reason).copied().unwrap_or(0);
         let _ = writeln!(
             t,
             "{:<28} {:>8} {:>8} {:<10} {:>6} {:>8}",
             case.name,
             frac(w),
             frac(g),
-            c.reason,
+            reason,
             got,
             frac(r)
         );
@@ -256,15 +159,11 @@ fn end_to_end(variant: Variant, hook: Option<&str>) {
         }
         if got != n {
             problems.push(format!(
-                "{}: {} counted {got} times, not {n}",
-                case.name, c.reason
+                "{}: {reason} counted {got} times, not {n}",
+                case.name
             ));
         }
-        let others: Vec<_> = c
-            .port_drops
-            .iter()
-            .filter(|(r, _)| **r != c.reason)
-            .collect();
+        let others: Vec<_> = port_drops.iter().filter(|(r, _)| **r != reason).collect();
         if !others.is_empty() {
             problems.push(format!(
                 "{}: other drop reasons moved too: {others:?}",
@@ -278,25 +177,16 @@ fn end_to_end(variant: Variant, hook: Option<&str>) {
             ));
         }
     }
-    let _ = writeln!(
-        t,
-        "{:<28} {:>8} {:>8}   (drops counted during the legit flows: {legit_drops})",
-        "legit flow", "without", "with"
-    );
-    for (w, g) in legit_without.iter().zip(&legit_with) {
-        let _ = writeln!(t, "{:<28} {:>8} {:>8}", w.name, frac(w), frac(g));
-        if !g.all_delivered() {
-            problems.push(format!("BROKEN with guard: legit flow {g}"));
-        }
-    }
-    if legit_with.len() != legit_without.len() {
-        problems.push("the legit flows differ between runs".to_owned());
-    }
-    if legit_drops != 0 {
-        problems.push(format!(
-            "{legit_drops} drops counted during the legit flows"
-        ));
-    }
+    t.push_str(&check::legit_table(
+        &legit_without,
+        &legit_with,
+        legit_drops,
+    ));
+    problems.extend(check::legit_problems(
+        &legit_without,
+        &legit_with,
+        legit_drops,
+    ));
     let _ = write!(
         t,
         "guardctl stats after the run:\n{stats_text}total {:.1?}\n",

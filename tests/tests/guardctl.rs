@@ -17,16 +17,9 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
-    },
-    thread::JoinHandle,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -39,14 +32,12 @@ use guard::{
 };
 use guard_tests::lab::{
     Lab, NetNs, Role, Variant, addr,
-    attack::{
-        self, AttackCase, Attacker, FireOptions, Probe, build_frame, new_nonce, parse_marker,
-    },
+    attack::{self, Attacker, FireOptions},
     frame::parse_mac,
-    guardctl::{Guardctl, PinScope, pin_scope_dir, state_scope_dir},
+    guardctl::{Agent, Guardctl, PinScope, pin_scope_dir, state_scope_dir},
     harness::{assert_no_namespaces_left, own_prefix, require_root_and_guardctl, serial},
     netns::run_cmd,
-    sock::{PacketSocket, udp_bind, udp_collect},
+    stream::Stream,
 };
 
 fn require_root() -> Guardctl {
@@ -118,180 +109,15 @@ fn map_ids(loc: &Location) -> BTreeMap<&'static str, u32> {
         .collect()
 }
 
-/// A continuous attack stream: UDP attack frames from one guest until stopped, with their
-/// receivers bound in the target namespaces beforehand.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-    nonce: u32,
-    receivers: Vec<(AttackCase, UdpSocket)>,
+/// Starts the lab's attack stream with the named cases of [`attack::attack_cases`].
+fn stream(lab: &Lab, attacker: Attacker, names: &[&str], gap: Duration) -> Stream {
+    let cases = attack::cases_named(names).expect("stream cases");
+    Stream::start(lab, attacker, cases, gap).expect("start the stream")
 }
 
-impl Stream {
-    /// Starts sending `names` (UDP cases of [`attack::attack_cases`]) round-robin from
-    /// `attacker`, one frame every `gap`.
-    fn start(lab: &Lab, attacker: Attacker, names: &[&str], gap: Duration) -> Self {
-        let cases: Vec<AttackCase> = attack::attack_cases()
-            .into_iter()
-            .filter(|c| names.contains(&c.name))
-            .collect();
-        assert_eq!(cases.len(), names.len(), "unknown case in {names:?}");
-        let receivers = cases
-            .iter()
-            .map(|c| {
-                let Probe::Udp { dst, rx } = c.probe else {
-                    panic!("{}: the stream sends UDP cases only", c.name)
-                };
-                let sock = udp_bind(lab.ns(rx), std::net::SocketAddr::new(dst, 40_000 + c.id))
-                    .expect("bind a stream receiver");
-                (c.clone(), sock)
-            })
-            .collect();
-        let nonce = new_nonce();
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let sender =
-            PacketSocket::open(&attacker.ns, &attacker.ifname, 0).expect("open the sender");
-        let thread = {
-            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-            std::thread::spawn(move || {
-                let mut seq = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    for c in &cases {
-                        sender.send(&build_frame(&attacker, c, nonce, seq))?;
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    seq += 1;
-                    // Pacing, not synchronisation: keeps the stream steady for seconds.
-                    std::thread::sleep(gap);
-                }
-                Ok(())
-            })
-        };
-        Self {
-            stop,
-            sent,
-            thread: Some(thread),
-            nonce,
-            receivers,
-        }
-    }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Stops the sender and counts what arrived. Returns (sent, delivered).
-    fn finish(mut self) -> (u64, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join()
-                .expect("the stream thread panicked")
-                .expect("the stream could not send");
-        }
-        let sent = self.sent();
-        let want = u32::try_from(sent).unwrap_or(u32::MAX);
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let delivered = self
-            .receivers
-            .iter()
-            .map(|(c, sock)| {
-                udp_collect(sock, want, deadline, |p, _| {
-                    parse_marker(p, self.nonce, c.id)
-                })
-                .expect("count stream deliveries")
-            })
-            .sum();
-        (sent, delivered)
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// `guardctl run` as a child process, killed (SIGKILL) on drop if still running.
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Agent {
-    /// Starts the agent and waits until it reports that it follows the bridge.
-    fn start(gctl: &Guardctl, netns: &str) -> Self {
-        let mut child = gctl
-            .command(Some(netns), &["run", addr::BRIDGE])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start guardctl run");
-        let out = child.stdout.take().expect("agent stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                eprintln!("  [agent] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut agent = Self { child, lines };
-        agent.wait_for("agent following", Duration::from_secs(20));
-        agent
-    }
-
-    /// Waits for a line of the agent's output containing `what`.
-    fn wait_for(&mut self, what: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => {}
-                Err(e) => {
-                    let status = self.child.try_wait().ok().flatten();
-                    panic!(
-                        "the agent did not print {what:?} within {timeout:?} ({e}; exit {status:?})"
-                    )
-                }
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&mut self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id().cast_signed(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
-    }
-
-    /// Resident memory in KiB (`VmRSS` of /proc/<pid>/status).
-    fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read the agent's /proc status");
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Starts the agent on the lab's bridge.
+fn start_agent(gctl: &Guardctl, netns: &str) -> Agent {
+    Agent::start(gctl, netns, addr::BRIDGE, &[]).expect("start guardctl run")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,7 +328,8 @@ fn finish_stream(
     leaked: &str,
     misjudged: &str,
 ) {
-    let (sent, delivered) = stream.finish();
+    let done = stream.finish().expect("finish the stream");
+    let (sent, delivered) = (done.sent, done.delivered);
     let counted = wait_denied(host, port, base + sent, "after the stream").saturating_sub(base);
     eprintln!("stream: sent {sent}, delivered {delivered}, counted as denied {counted}");
     assert_eq!(delivered, 0, "{leaked}");
@@ -539,7 +366,7 @@ fn reattach_under_attack_stream() {
     assert_eq!(first_maps.len(), guard_common::map_names::ALL.len());
     let base = denied(&host, &port);
 
-    let stream = Stream::start(
+    let stream = stream(
         &lab,
         Attacker::g1(&lab).expect("attacker"),
         &STREAM_CASES,
@@ -591,22 +418,22 @@ fn agent_survives_sigkill_and_adopts() {
     let gctl = require_root();
     let (lab, host, pins, port, loc) = stream_lab();
 
-    let mut agent = Agent::start(&gctl, &host);
-    let rss = agent.rss_kib();
+    let mut agent = start_agent(&gctl, &host);
+    let rss = agent.rss_kib().expect("the agent's VmRSS");
     eprintln!("MEASURED: guardctl run resident memory after attach: {rss} KiB (VmRSS)");
     let before = gctl.status(&host, addr::BRIDGE).expect("status");
     let before_maps = map_ids(&loc);
     let base = denied(&host, &port);
 
-    let stream = Stream::start(
+    let stream = stream(
         &lab,
         Attacker::g1(&lab).expect("attacker"),
         &STREAM_CASES,
         STREAM_GAP,
     );
     wait_denied(&host, &port, base + 100, "stream start");
-    agent.signal(libc::SIGKILL);
-    let status = agent.child.wait().expect("wait for the agent");
+    agent.signal(libc::SIGKILL).expect("SIGKILL the agent");
+    let status = agent.wait().expect("wait for the agent");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(libc::SIGKILL)
@@ -615,7 +442,7 @@ fn agent_survives_sigkill_and_adopts() {
     // Enforcement outlives the agent: the stream keeps being dropped.
     wait_denied(&host, &port, at_kill + 500, "after SIGKILL");
 
-    let mut agent = Agent::start(&gctl, &host);
+    let mut agent = start_agent(&gctl, &host);
     let after = gctl.status(&host, addr::BRIDGE).expect("status");
     assert_eq!(
         after["program_ids"], before["program_ids"],
@@ -643,8 +470,8 @@ fn agent_survives_sigkill_and_adopts() {
     );
 
     // SIGTERM: the agent exits 0 and leaves enforcement in place.
-    agent.signal(libc::SIGTERM);
-    let status = agent.child.wait().expect("wait for the agent");
+    agent.signal(libc::SIGTERM).expect("SIGTERM the agent");
+    let status = agent.wait().expect("wait for the agent");
     assert!(status.success(), "agent exit after SIGTERM: {status}");
     assert!(loc.is_attached(), "SIGTERM removed the pins");
     detach_leaving_nothing(&gctl, &host, pins);
@@ -665,7 +492,7 @@ fn agent_follows_ports() {
     let g3 = NetNs::create(&format!("{}g3", lab.prefix())).expect("g3 namespace");
     let pins = PinScope::new(&host).expect("pin scope");
     let loc = Location::new(Some(&host), addr::BRIDGE);
-    let mut agent = Agent::start(&gctl, &host);
+    let mut agent = start_agent(&gctl, &host);
 
     run_cmd(
         Command::new("ip").args([
@@ -725,7 +552,7 @@ fn agent_follows_ports() {
     };
 
     // Enslave under a steady stream; time until guard drops the first frame from vg3.
-    let stream = Stream::start(
+    let stream = stream(
         &lab,
         attacker,
         &["fwd-v4-storage"],
@@ -746,7 +573,7 @@ fn agent_follows_ports() {
         .ip(&["link", "set", "vg3", "master", addr::BRIDGE])
         .expect("enslave vg3");
     let guarded = first_drop(Duration::from_secs(5)).map(|()| t0.elapsed());
-    let (sent, _) = stream.finish();
+    let sent = stream.finish().expect("finish the stream").sent;
     let guarded = guarded.expect("vg3 not guarded within 5 s");
     eprintln!(
         "MEASURED: enslave -> first dropped attack frame from the new port: {guarded:.1?} \
@@ -756,7 +583,9 @@ fn agent_follows_ports() {
         guarded < Duration::from_secs(1),
         "new port guarded after {guarded:?}"
     );
-    agent.wait_for("hooked vg3", Duration::from_secs(1));
+    agent
+        .wait_for("hooked vg3", Duration::from_secs(1))
+        .expect("agent output");
     let st = gctl.status(&host, addr::BRIDGE).expect("status");
     assert!(
         status_ports(&st)
@@ -795,7 +624,9 @@ fn agent_follows_ports() {
     host_ns
         .ip(&["link", "set", "vg3", "master", addr::BRIDGE])
         .expect("enslave vg3 again");
-    agent.wait_for("hooked vg3", Duration::from_secs(2));
+    agent
+        .wait_for("hooked vg3", Duration::from_secs(2))
+        .expect("agent output");
     host_ns.ip(&["link", "del", "vg3"]).expect("delete vg3");
     gone("deleted");
 

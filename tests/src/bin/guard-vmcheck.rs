@@ -3,8 +3,9 @@
 //!
 //! - `matrix`: the datapath case table (`guard_tests::cases`, `BPF_PROG_TEST_RUN`) on both
 //!   programs of the embedded release object and of the debug object, then the namespace
-//!   attack test with guardctl in every hook mode. Each result is one `VMCHECK {json}` line on
-//!   stdout (the serial console), which xtask parses.
+//!   attack test with guardctl in every hook mode, then the tunnel attack of issue 11 (GRE,
+//!   IPIP, SIT, GENEVE, FOU, VXLAN to the bridge's own address) in the tunnel hook modes. Each
+//!   result is one `VMCHECK {json}` line on stdout (the serial console), which xtask parses.
 //! - `send`: inside a real guest, sends the attack plan out of its NIC (the tap test).
 //! - `watch`: on the host side of the tap test, counts what arrives and judges the counters.
 //!
@@ -17,6 +18,8 @@ mod nsattack;
 mod plan;
 #[path = "guard-vmcheck/raw.rs"]
 mod raw;
+#[path = "guard-vmcheck/tunnels.rs"]
+mod tunnels;
 
 use std::{process::ExitCode, thread, time::Duration};
 
@@ -45,6 +48,9 @@ enum Command {
         /// Hook modes for the namespace test.
         #[arg(long, value_delimiter = ',', default_value = "xdp,xdp-generic,tc,tcx")]
         hooks: Vec<String>,
+        /// Hook modes for the tunnel test.
+        #[arg(long, value_delimiter = ',', default_value = "xdp,tcx,tc")]
+        tunnel_hooks: Vec<String>,
     },
     /// The attack plan out of IFACE (a real guest's NIC).
     Send {
@@ -130,7 +136,11 @@ fn table(object: &[u8], label: &str, hook: Hook) -> TableOutcome {
     out
 }
 
-fn matrix(hooks: &[String], debug_object: Option<&std::path::Path>) -> Result<()> {
+fn matrix(
+    hooks: &[String],
+    tunnel_hooks: &[String],
+    debug_object: Option<&std::path::Path>,
+) -> Result<()> {
     let kernel = kernel_release();
     let mut objects = vec![("release", guard::EBPF_OBJECT.to_vec())];
     if let Some(path) = debug_object {
@@ -144,6 +154,9 @@ fn matrix(hooks: &[String], debug_object: Option<&std::path::Path>) -> Result<()
     }
     for hook in hooks {
         emit("nsattack", &kernel, &nsattack::nsattack(hook))?;
+    }
+    for hook in tunnel_hooks {
+        emit("tunnels", &kernel, &tunnels::tunnels(hook))?;
     }
     Ok(())
 }
@@ -182,8 +195,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Matrix {
             hooks,
+            tunnel_hooks,
             debug_object,
-        } => matrix(hooks, debug_object.as_deref()),
+        } => matrix(hooks, tunnel_hooks, debug_object.as_deref()),
         Command::Send {
             iface,
             bridge_mac,

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::packet::{
     ARP_REPLY, Arp, BROADCAST, ETH_MIN_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, Eth,
-    ICMPV6_NEIGHBOUR_ADVERTISEMENT, Ipv4, Ipv6, VlanTag, ipv6_multicast_mac, solicited_node,
+    ICMPV6_NEIGHBOUR_ADVERTISEMENT, Ipv4, Ipv6, VlanTag, ipv6_multicast_mac, solicited_node, vxlan,
 };
 
 /// Frames per case unless told otherwise.
@@ -129,7 +129,34 @@ pub enum DstMac {
     OtherPort,
     /// The solicited-node group of the NDP target.
     SolicitedNode,
+    /// This unicast MAC: one the host took after guard was attached (a new bridge MAC, a
+    /// macvlan, a port's new MAC).
+    Exact(Mac),
 }
+
+/// How the probe is carried to the host.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Carrier {
+    /// As it is.
+    #[default]
+    Plain,
+    /// Inside VXLAN: a UDP datagram from the attacker to `outer` port `port` with VNI `vni`,
+    /// whose inner Ethernet frame is addressed to `inner_mac` (the VXLAN device's).
+    Vxlan {
+        outer: Ipv4Addr,
+        port: u16,
+        vni: u32,
+        inner_mac: Mac,
+    },
+    /// Source-routed: addressed to `outer` (a host address guard does not protect), with the
+    /// probe's destination as the next and last hop: an IPv4 loose (`strict`: strict) source
+    /// route, or an IPv6 segment routing header with one segment left.
+    SourceRoute { outer: IpAddr, strict: bool },
+}
+
+/// The source MAC of the Ethernet frame inside an encapsulation: a MAC of no device, so that
+/// VXLAN does not take it for its own looped-back frame.
+pub const INNER_SRC_MAC: Mac = [0x02, 0x47, 0x4c, 0x00, 0x0e, 0x01];
 
 /// What a case carries and where its delivery is counted.
 #[derive(Clone, Copy, Debug)]
@@ -152,6 +179,7 @@ pub struct AttackCase {
     /// VLAN tags, outermost first.
     pub tags: Vec<VlanTag>,
     pub probe: Probe,
+    pub carrier: Carrier,
     pub expect: Expect,
 }
 
@@ -389,7 +417,22 @@ pub fn attack_cases() -> Vec<AttackCase> {
             dst_mac,
             tags,
             probe,
+            carrier: Carrier::Plain,
             expect,
+        })
+        .collect()
+}
+
+/// The cases of [`attack_cases`] with these names, in the order named.
+pub fn cases_named(names: &[&str]) -> Result<Vec<AttackCase>> {
+    let all = attack_cases();
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|c| c.name == *n)
+                .cloned()
+                .with_context(|| format!("no attack case named {n}"))
         })
         .collect()
 }
@@ -452,17 +495,27 @@ pub struct Attacker {
 impl Attacker {
     /// Guest `g1` of `lab`.
     pub fn g1(lab: &Lab) -> Result<Self> {
-        let port = lab.port(Role::G1)?;
+        Self::guest(lab, Role::G1)
+    }
+
+    /// Guest `g1` or `g2` of `lab` (the other one's port is "another guest's port").
+    pub fn guest(lab: &Lab, role: Role) -> Result<Self> {
+        let (ip4, ip6, other) = match role {
+            Role::G1 => (addr::G1_4, addr::G1_6, Role::G2),
+            Role::G2 => (addr::G2_4, addr::G2_6, Role::G1),
+            _ => bail!("{role:?} is not a guest of the lab"),
+        };
+        let port = lab.port(role)?;
         Ok(Self {
-            role: Role::G1,
+            role,
             ns: port.guest.ns.clone(),
             ifname: port.guest.name.clone(),
             mac: port.guest.mac,
             own_port_mac: port.host.mac,
-            other_port_mac: lab.port(Role::G2)?.host.mac,
+            other_port_mac: lab.port(other)?.host.mac,
             bridge_mac: lab.bridge.mac,
-            ip4: addr::G1_4,
-            ip6: addr::G1_6,
+            ip4,
+            ip6,
         })
     }
 }
@@ -492,7 +545,7 @@ pub fn build_frame(att: &Attacker, case: &AttackCase, nonce: u32, seq: u32) -> V
     let sport = 50_000 + case.id;
     let dst = match (case.dst_mac, case.probe) {
         (DstMac::Bridge, _) => att.bridge_mac,
-        (DstMac::Multicast(m), _) => m,
+        (DstMac::Multicast(m) | DstMac::Exact(m), _) => m,
         (DstMac::OwnPort, _) => att.own_port_mac,
         (DstMac::OtherPort, _) => att.other_port_mac,
         (DstMac::SolicitedNode, Probe::Ndp { target, .. }) => {
@@ -504,20 +557,78 @@ pub fn build_frame(att: &Attacker, case: &AttackCase, nonce: u32, seq: u32) -> V
         tags: case.tags.clone(),
         ..Eth::new(dst, att.mac)
     };
-    let eth = match case.probe {
-        Probe::Udp {
-            dst: IpAddr::V4(d), ..
-        } => eth.ipv4(Ipv4 {
-            // As a host stack sends it: no fragment id, DF.
-            id: 0,
-            dont_fragment: true,
-            ..Ipv4::new(att.ip4, d).udp(sport, port, &marker(nonce, case.id, seq))
-        }),
-        Probe::Udp {
-            dst: IpAddr::V6(d), ..
-        } => eth.ipv6(Ipv6::new(att.ip6, d).udp(sport, port, &marker(nonce, case.id, seq))),
-        Probe::Arp { target } => eth.arp(Arp::request(att.mac, arp_marker(case.id, seq), target)),
-        Probe::Ndp { target, unicast } => {
+    // As a host stack sends IPv4: no fragment id, DF.
+    let host_like = |p: Ipv4| Ipv4 {
+        id: 0,
+        dont_fragment: true,
+        ..p
+    };
+    let data = marker(nonce, case.id, seq);
+    let eth = match (case.probe, case.carrier) {
+        (
+            Probe::Udp { dst, .. },
+            Carrier::Vxlan {
+                outer,
+                port: vxlan_port,
+                vni,
+                inner_mac,
+            },
+        ) => {
+            let inner = Eth::new(inner_mac, INNER_SRC_MAC);
+            let inner = match dst {
+                IpAddr::V4(d) => {
+                    inner.ipv4(host_like(Ipv4::new(att.ip4, d).udp(sport, port, &data)))
+                }
+                IpAddr::V6(d) => inner.ipv6(Ipv6::new(att.ip6, d).udp(sport, port, &data)),
+            };
+            eth.ipv4(host_like(Ipv4::new(att.ip4, outer).udp(
+                sport,
+                vxlan_port,
+                &vxlan(vni, &inner.build()),
+            )))
+        }
+        (
+            Probe::Udp {
+                dst: IpAddr::V4(d), ..
+            },
+            Carrier::SourceRoute {
+                outer: IpAddr::V4(o),
+                strict,
+            },
+        ) => eth.ipv4(host_like(
+            Ipv4::new(att.ip4, o)
+                .source_route(&[d], strict)
+                .udp(sport, port, &data),
+        )),
+        (
+            Probe::Udp {
+                dst: IpAddr::V6(d), ..
+            },
+            Carrier::SourceRoute {
+                outer: IpAddr::V6(o),
+                ..
+            },
+        ) => eth.ipv6(
+            Ipv6::new(att.ip6, o)
+                .segment_route(&[d])
+                .udp(sport, port, &data),
+        ),
+        (
+            Probe::Udp {
+                dst: IpAddr::V4(d), ..
+            },
+            _,
+        ) => eth.ipv4(host_like(Ipv4::new(att.ip4, d).udp(sport, port, &data))),
+        (
+            Probe::Udp {
+                dst: IpAddr::V6(d), ..
+            },
+            _,
+        ) => eth.ipv6(Ipv6::new(att.ip6, d).udp(sport, port, &data)),
+        (Probe::Arp { target }, _) => {
+            eth.arp(Arp::request(att.mac, arp_marker(case.id, seq), target))
+        }
+        (Probe::Ndp { target, unicast }, _) => {
             let ns = Ipv6::new(ndp_marker(case.id, seq), target)
                 .neighbour_solicitation(target, Some(att.mac));
             // To the solicited-node group, or with `unicast` to the target itself.

@@ -8,8 +8,12 @@
 //! saying so when it is missing.
 
 use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -134,7 +138,50 @@ pub const DROP_REASONS: [&str; 5] = [
     "malformed",
 ];
 
+/// The names of every drop reason guard has (`guard_common::reason`), the enforced ones
+/// only: new reasons are picked up without touching the tests.
+#[must_use]
+pub fn drop_reason_names() -> Vec<&'static str> {
+    (0..guard_common::reason::COUNT)
+        .filter(|r| guard_common::reason::is_drop(*r))
+        .map(guard_common::reason::name)
+        .collect()
+}
+
 impl Stats {
+    /// Packets per reason name, of one port or (`None`) of the whole bridge (every slot).
+    /// Reads whatever reasons the JSON has, so reasons that this test build does not know
+    /// are counted too.
+    #[must_use]
+    pub fn reasons(&self, port: Option<&str>) -> BTreeMap<String, u64> {
+        let entry = match port {
+            Some(p) => self.port(p),
+            None => Some(&self.0["totals"]),
+        };
+        entry
+            .and_then(|e| e["reasons"].as_object())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v["packets"].as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// What grew from `before` to `self`, per reason (only the reasons that grew).
+    #[must_use]
+    pub fn reason_deltas(&self, before: &Stats, port: Option<&str>) -> BTreeMap<String, u64> {
+        let old = before.reasons(port);
+        self.reasons(port)
+            .into_iter()
+            .map(|(r, n)| {
+                let d = n.saturating_sub(old.get(&r).copied().unwrap_or(0));
+                (r, d)
+            })
+            .filter(|(_, d)| *d > 0)
+            .collect()
+    }
+
     fn port(&self, name: &str) -> Option<&serde_json::Value> {
         self.0["ports"]
             .as_array()?
@@ -268,6 +315,106 @@ impl Drop for PinScope {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => eprintln!("guard-lab: cannot remove {}: {e}", d.display()),
             }
+        }
+    }
+}
+
+/// `guardctl run BRIDGE` (the agent) as a child process, killed (SIGKILL) on drop if still
+/// running. Its standard output is echoed to stderr with an `[agent]` prefix and can be
+/// waited on line by line.
+pub struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    /// Starts the agent on `bridge` in `netns` (`extra`: more options of `guardctl run`, such
+    /// as `--hook tc`) and waits until it reports that it follows the bridge.
+    pub fn start(gctl: &Guardctl, netns: &str, bridge: &str, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["run", bridge];
+        args.extend_from_slice(extra);
+        let mut child = gctl
+            .command(Some(netns), &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting guardctl run {bridge} in {netns}"))?;
+        let out = child.stdout.take().context("the agent's stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                eprintln!("  [agent] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Self { child, lines };
+        agent.wait_for("agent following", Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// Waits for a line of the agent's output containing `what`, and returns it.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return Ok(l),
+                Ok(_) => {}
+                Err(e) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    bail!(
+                        "the agent did not print {what:?} within {timeout:?} ({e}; exit {status:?})"
+                    )
+                }
+            }
+        }
+    }
+
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the agent.
+    pub fn signal(&mut self, sig: libc::c_int) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id().cast_signed(), sig) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("kill({}, {sig})", self.child.id()));
+        }
+        Ok(())
+    }
+
+    /// Waits for the agent to exit.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        self.child.wait().context("waiting for the agent")
+    }
+
+    /// SIGTERM (enforcement stays in place), then waits for the exit.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        self.wait()
+    }
+
+    /// Resident memory in KiB (`VmRSS` of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmRSS in {path}"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

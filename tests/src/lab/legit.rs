@@ -1,5 +1,7 @@
 //! Legitimate traffic that must keep working with guard attached: guest to guest, the DHCP
-//! broadcast, the guests' router, and the variant-specific paths through the host.
+//! broadcast, the guests' router, and the variant-specific paths through the host (DNS and
+//! other services on the bridge's address, the internet through the host's NAT), and jumbo
+//! datagrams when the guest segment has a 9000-byte MTU.
 //!
 //! Every flow is measured where it lands: a UDP socket counting markers, a TCP server echoing
 //! each connection's marker back, ICMP echo replies counted at the sender.
@@ -16,22 +18,60 @@ use anyhow::{Context as _, Result};
 use super::{
     Lab, Role, Variant, addr,
     attack::{
-        self, AttackCase, Attacker, CaseResult, DstMac, Expect, FireOptions, Probe, marker,
-        new_nonce, parse_marker,
+        self, AttackCase, Attacker, Carrier, CaseResult, DstMac, Expect, FireOptions, Probe,
+        marker, new_nonce, parse_marker,
     },
     netns::in_netns,
     sock::{self, udp_bind, udp_collect, wait_readable},
 };
 use crate::packet;
 
+/// The UDP payload of a jumbo datagram: with its headers a frame of about 8.95 KB, which
+/// needs the 9000-byte MTU end to end.
+pub const JUMBO_PAYLOAD: usize = 8900;
+
+/// Forbids fragmentation on a UDP socket (`IP_PMTUDISC_DO`, `IPV6_PMTUDISC_DO`): a datagram
+/// larger than the path MTU fails with `EMSGSIZE` instead of leaving in fragments.
+fn dont_fragment(s: &UdpSocket, v6: bool) -> Result<()> {
+    let (level, opt, val) = if v6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
+    };
+    // SAFETY: valid fd, option value is a c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            level,
+            opt,
+            (&raw const val).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt(PMTUDISC_DO)");
+    }
+    Ok(())
+}
+
 /// UDP: `count` datagrams from `from` to `dst`, counted by a socket bound on `bind` in `to`
-/// when they arrive from `src` (so a NAT flow that bypassed the NAT does not count).
+/// when they arrive from `src` (so a NAT flow that bypassed the NAT does not count). With
+/// `size`, each datagram is padded to `size` bytes, sent unfragmented, and counted only if it
+/// arrives whole.
 fn udp_flow(
     lab: &Lab,
     name: &str,
     (from, to): (Role, Role),
     (bind, dst, src_ip): (SocketAddr, SocketAddr, IpAddr),
-    opts: FireOptions,
+    (opts, size): (FireOptions, Option<usize>),
 ) -> Result<CaseResult> {
     let nonce = new_nonce();
     let rx = udp_bind(lab.ns(to), bind)?;
@@ -41,17 +81,28 @@ fn udp_flow(
         "[::]:0".parse()?
     };
     let tx = in_netns(lab.ns(from), || {
-        UdpSocket::bind(src).with_context(|| format!("binding UDP {src}"))
+        let s = UdpSocket::bind(src).with_context(|| format!("binding UDP {src}"))?;
+        if size.is_some() {
+            dont_fragment(&s, dst.is_ipv6())?;
+        }
+        Ok(s)
     })?;
     for seq in 0..opts.count {
-        tx.send_to(&marker(nonce, 0, seq), dst)
+        let mut m = marker(nonce, 0, seq);
+        if let Some(n) = size {
+            m.resize(n, 0x5a);
+        }
+        tx.send_to(&m, dst)
             .with_context(|| format!("{name}: UDP to {dst} from {}", lab.ns(from)))?;
     }
     let delivered = udp_collect(
         &rx,
         opts.count,
         Instant::now() + opts.deadline,
-        |p, peer| parse_marker(p, nonce, 0).filter(|_| peer.ip() == src_ip),
+        |p, peer| {
+            parse_marker(p, nonce, 0)
+                .filter(|_| peer.ip() == src_ip && size.is_none_or(|n| p.len() == n))
+        },
     )?;
     Ok(CaseResult {
         name: name.to_owned(),
@@ -62,15 +113,22 @@ fn udp_flow(
 }
 
 /// The DHCP-style broadcast: `count` datagrams from `g1` port 68 to 255.255.255.255:67,
-/// counted in `g2` and in `gw` (both bound on 0.0.0.0:67).
+/// counted in `g2`, in `gw` and, where the bridge has an address (the host serves DHCP
+/// there, as libvirt's dnsmasq does), in the host (each bound on 0.0.0.0:67).
 fn dhcp_broadcast(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
     let nonce = new_nonce();
     let any67 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 67);
-    let receivers = [
+    let mut at = vec![
         (Role::G2, "dhcp-bcast-to-g2"),
         (Role::Gw, "dhcp-bcast-to-gw"),
-    ]
-    .map(|(role, name)| udp_bind(lab.ns(role), any67).map(|s| (s, name)));
+    ];
+    if lab.variant().bridge_has_ip() {
+        at.push((Role::Host, "dhcp-bcast-to-host"));
+    }
+    let receivers: Vec<_> = at
+        .into_iter()
+        .map(|(role, name)| udp_bind(lab.ns(role), any67).map(|s| (s, name)))
+        .collect();
     let tx = in_netns(lab.ns(Role::G1), || {
         let s = UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 68))
             .context("binding UDP 0.0.0.0:68")?;
@@ -223,6 +281,7 @@ fn resolve_gateway(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
             dst_mac: DstMac::Broadcast,
             tags: Vec::new(),
             probe: Probe::Arp { target: addr::GW4 },
+            carrier: Carrier::Plain,
             expect: Expect::Delivered,
         },
         AttackCase {
@@ -234,6 +293,7 @@ fn resolve_gateway(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
                 target: addr::GW6,
                 unicast: false,
             },
+            carrier: Carrier::Plain,
             expect: Expect::Delivered,
         },
     ];
@@ -245,6 +305,8 @@ fn resolve_gateway(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
 enum Flow {
     Icmp(IpAddr),
     Udp(Role, SocketAddr),
+    /// UDP datagrams of [`JUMBO_PAYLOAD`] bytes, unfragmented.
+    Jumbo(Role, SocketAddr),
     Tcp(Role, SocketAddr),
 }
 
@@ -260,7 +322,20 @@ impl Flow {
         };
         match *self {
             Self::Icmp(dst) => icmp_flow(lab, name, from, dst, opts),
-            Self::Udp(to, dst) => udp_flow(lab, name, (from, to), (dst, dst, src(to, dst)), opts),
+            Self::Udp(to, dst) => udp_flow(
+                lab,
+                name,
+                (from, to),
+                (dst, dst, src(to, dst)),
+                (opts, None),
+            ),
+            Self::Jumbo(to, dst) => udp_flow(
+                lab,
+                name,
+                (from, to),
+                (dst, dst, src(to, dst)),
+                (opts, Some(JUMBO_PAYLOAD)),
+            ),
             Self::Tcp(to, dst) => tcp_flow(lab, name, (from, to), (dst, dst, src(to, dst)), opts),
         }
     }
@@ -270,8 +345,9 @@ impl Flow {
 type Named = (String, Flow);
 
 /// The flows from `g1` of a variant, by name: first those inside the guest segment, then
-/// those leaving it (besides the DHCP broadcast and the gateway's address resolution).
-fn plan(variant: Variant) -> (Vec<Named>, Vec<Named>) {
+/// those leaving it (besides the DHCP broadcast and the gateway's address resolution). With
+/// `jumbo`, jumbo datagrams to g2 and to the bridge's address too.
+fn plan(variant: Variant, jumbo: bool) -> (Vec<Named>, Vec<Named>) {
     let sa = SocketAddr::new;
     let (g2_4, g2_6) = (IpAddr::V4(addr::G2_4), IpAddr::V6(addr::G2_6));
     let (inet4, inet6) = (IpAddr::V4(addr::INET4), IpAddr::V6(addr::INET6));
@@ -282,7 +358,7 @@ fn plan(variant: Variant) -> (Vec<Named>, Vec<Named>) {
     } else {
         "gw"
     };
-    let local = vec![
+    let mut local = vec![
         ("icmp-v4-g1-g2".to_owned(), Flow::Icmp(g2_4)),
         ("icmp-v6-g1-g2".to_owned(), Flow::Icmp(g2_6)),
         ("udp-v4-g1-g2".to_owned(), Flow::Udp(g2, sa(g2_4, 41_001))),
@@ -290,6 +366,18 @@ fn plan(variant: Variant) -> (Vec<Named>, Vec<Named>) {
         ("tcp-v4-g1-g2".to_owned(), Flow::Tcp(g2, sa(g2_4, 41_003))),
         ("tcp-v6-g1-g2".to_owned(), Flow::Tcp(g2, sa(g2_6, 41_004))),
     ];
+    if jumbo {
+        local.extend([
+            (
+                "jumbo-udp-v4-g1-g2".to_owned(),
+                Flow::Jumbo(g2, sa(g2_4, 41_005)),
+            ),
+            (
+                "jumbo-udp-v6-g1-g2".to_owned(),
+                Flow::Jumbo(g2, sa(g2_6, 41_006)),
+            ),
+        ]);
+    }
     let mut out = vec![
         (format!("icmp-v4-inet-via-{via}"), Flow::Icmp(inet4)),
         (format!("icmp-v6-inet-via-{via}"), Flow::Icmp(inet6)),
@@ -329,14 +417,37 @@ fn plan(variant: Variant) -> (Vec<Named>, Vec<Named>) {
                 "tcp-v6-bridge-svc".to_owned(),
                 Flow::Tcp(host, sa(b6, 41_024)),
             ),
+            // DNS to the host's resolver on the bridge address (libvirt's dnsmasq).
+            ("dns-v4-bridge".to_owned(), Flow::Udp(host, sa(b4, 53))),
+            ("dns-v6-bridge".to_owned(), Flow::Udp(host, sa(b6, 53))),
         ]);
+        if jumbo {
+            out.extend([
+                (
+                    "jumbo-udp-v4-bridge-svc".to_owned(),
+                    Flow::Jumbo(host, sa(b4, 41_025)),
+                ),
+                (
+                    "jumbo-udp-v6-bridge-svc".to_owned(),
+                    Flow::Jumbo(host, sa(b6, 41_026)),
+                ),
+            ]);
+        }
     }
     (local, out)
 }
 
+/// Does the guest segment carry jumbo frames (g1's `eth0` MTU)?
+fn has_jumbo(lab: &Lab) -> Result<bool> {
+    let v = lab
+        .netns(Role::G1)
+        .ip_json(&["link", "show", "dev", "eth0"])?;
+    Ok(v[0]["mtu"].as_u64().unwrap_or(0) >= 9000)
+}
+
 /// Every legit flow of the lab's variant.
 pub fn run_all(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
-    let (local, out) = plan(lab.variant());
+    let (local, out) = plan(lab.variant(), has_jumbo(lab)?);
     let mut r = Vec::new();
     for (name, flow) in &local {
         r.push(flow.run(lab, name, opts)?);

@@ -28,12 +28,15 @@
 //! for life, so they are used from any thread afterwards.
 
 pub mod attack;
+pub mod check;
 pub mod frame;
 pub mod guardctl;
 pub mod harness;
+pub mod holes;
 pub mod legit;
 pub mod netns;
 pub mod sock;
+pub mod stream;
 
 use std::{
     fmt,
@@ -60,6 +63,13 @@ pub mod addr {
     /// Set explicitly: by default a bridge takes the lowest MAC of its ports, which would make
     /// the bridge MAC and one port's MAC the same address and hide the port-MAC path.
     pub const BRIDGE_MAC: Mac = [0x02, 0x47, 0x4c, 0x00, 0x00, 0xfe];
+    /// With [`super::BridgeMac::Auto`]: the MACs of the host sides of `vg1`, `vg2`, `vgw`, set
+    /// so that the bridge's automatic MAC is known (the lowest: `vg1`'s).
+    pub const AUTO_PORT_MACS: [Mac; 3] = [
+        [0x02, 0x47, 0x4c, 0x00, 0x01, 0x01],
+        [0x02, 0x47, 0x4c, 0x00, 0x01, 0x02],
+        [0x02, 0x47, 0x4c, 0x00, 0x01, 0x03],
+    ];
 
     pub const HOST_MGMT4: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
     pub const MGMT_SERVER4: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
@@ -138,7 +148,26 @@ impl std::str::FromStr for Variant {
     }
 }
 
-/// The namespaces of a lab.
+/// How the bridge gets its MAC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BridgeMac {
+    /// [`addr::BRIDGE_MAC`], set explicitly: the kernel never changes it.
+    #[default]
+    Fixed,
+    /// None set, as libvirt and most hosts leave it: the kernel gives the bridge the lowest MAC
+    /// of its ports and changes it whenever that changes (`br_stp_recalculate_bridge_id`).
+    /// The ports get [`addr::AUTO_PORT_MACS`], so the bridge starts with `vg1`'s.
+    Auto,
+}
+
+/// What a lab is built with besides its [`Variant`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub bridge_mac: BridgeMac,
+}
+
+/// The namespaces of a lab: the seven every lab has, and those a scenario builder adds
+/// ([`Lab::add_netns`]), named by their suffix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Host,
@@ -148,6 +177,7 @@ pub enum Role {
     G2,
     Gw,
     Inet,
+    Extra(&'static str),
 }
 
 impl Role {
@@ -171,6 +201,7 @@ impl Role {
             Self::G2 => "g2",
             Self::Gw => "gw",
             Self::Inet => "inet",
+            Self::Extra(s) => s,
         }
     }
 }
@@ -214,9 +245,12 @@ struct Link {
 /// A built lab. Dropping it deletes every namespace.
 pub struct Lab {
     variant: Variant,
+    options: Options,
     prefix: String,
     /// In [`Role::ALL`] order. Dropped (deleted) with the lab.
     namespaces: Vec<NetNs>,
+    /// Namespaces added by scenario builders ([`Role::Extra`]), deleted with the lab too.
+    extra: Vec<NetNs>,
     pub bridge: Iface,
     /// Ports of `g1`, `g2` and `gw`, in that order.
     pub ports: Vec<Port>,
@@ -230,9 +264,9 @@ pub struct Lab {
 }
 
 /// How long the lab waits for links and addresses to become usable.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Poll interval while waiting for the kernel (a poll, not a synchronisation sleep).
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
@@ -240,6 +274,11 @@ impl Lab {
     /// Builds a lab of the given variant and waits until every link is up and forwarding
     /// and every address is usable.
     pub fn build(variant: Variant) -> Result<Self> {
+        Self::build_with(variant, Options::default())
+    }
+
+    /// [`Lab::build`] with [`Options`].
+    pub fn build_with(variant: Variant, options: Options) -> Result<Self> {
         let started = Instant::now();
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{NAME_BASE}-{}-{n}-", std::process::id());
@@ -250,8 +289,10 @@ impl Lab {
         // From here on an error drops `namespaces`, which deletes them.
         let mut lab = Self {
             variant,
+            options,
             prefix,
             namespaces,
+            extra: Vec::new(),
             bridge: placeholder(),
             ports: Vec::new(),
             mgmt_if: placeholder(),
@@ -276,10 +317,74 @@ impl Lab {
         &self.prefix
     }
 
+    #[must_use]
+    pub fn options(&self) -> Options {
+        self.options
+    }
+
     /// The namespace of a role.
+    ///
+    /// # Panics
+    /// For a [`Role::Extra`] that no scenario builder added to this lab (a bug in the test).
     #[must_use]
     pub fn netns(&self, role: Role) -> &NetNs {
-        &self.namespaces[role as usize]
+        let base = |i: usize| &self.namespaces[i];
+        match role {
+            Role::Host => base(0),
+            Role::Mgmt => base(1),
+            Role::Storage => base(2),
+            Role::G1 => base(3),
+            Role::G2 => base(4),
+            Role::Gw => base(5),
+            Role::Inet => base(6),
+            Role::Extra(suffix) => {
+                let name = format!("{}{suffix}", self.prefix);
+                self.extra
+                    .iter()
+                    .find(|n| n.name() == name)
+                    .unwrap_or_else(|| panic!("lab {} has no namespace {suffix}", self.prefix))
+            }
+        }
+    }
+
+    /// Adds the namespace `{prefix}{suffix}` ([`Role::Extra`]`(suffix)`), deleted with the lab,
+    /// with the sysctls every lab namespace has and `lo` up. `forwarding` turns IPv4 and IPv6
+    /// forwarding on (a router).
+    pub fn add_netns(&mut self, suffix: &'static str, forwarding: bool) -> Result<&NetNs> {
+        let ns = NetNs::create(&format!("{}{suffix}", self.prefix))?;
+        let mut s = base_sysctls();
+        if forwarding {
+            s.extend(FORWARDING);
+        }
+        ns.sysctl(&s)?;
+        ns.ip_batch(&["link set lo up".to_owned()])?;
+        self.extra.push(ns);
+        Ok(self.netns(Role::Extra(suffix)))
+    }
+
+    /// Creates a veth pair with each end straight in its namespace (nothing appears in the
+    /// caller's namespace), both ends down.
+    pub fn add_veth(&self, a: (Role, &str), b: (Role, &str)) -> Result<()> {
+        netns::run_cmd(
+            std::process::Command::new("ip").args([
+                "link",
+                "add",
+                "name",
+                a.1,
+                "netns",
+                self.ns(a.0),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b.1,
+                "netns",
+                self.ns(b.0),
+            ]),
+            None,
+        )
+        .map(drop)
+        .with_context(|| format!("creating the veth pair {}/{}", a.1, b.1))
     }
 
     /// The namespace name of a role.
@@ -293,6 +398,7 @@ impl Lab {
     pub fn namespace_names(&self) -> Vec<String> {
         self.namespaces
             .iter()
+            .chain(&self.extra)
             .map(|n| n.name().to_owned())
             .collect()
     }
@@ -308,7 +414,12 @@ impl Lab {
     /// Deletes the lab now, reporting errors (dropping does the same, printing them).
     pub fn teardown(self) -> Result<()> {
         let mut first_err = None;
-        for ns in self.namespaces.into_iter().rev() {
+        for ns in self
+            .extra
+            .into_iter()
+            .rev()
+            .chain(self.namespaces.into_iter().rev())
+        {
             if let Err(e) = ns.delete() {
                 first_err.get_or_insert(e);
             }
@@ -355,22 +466,10 @@ impl Lab {
     fn configure(&mut self) -> Result<()> {
         // Sysctls first, so that every interface created afterwards inherits `default.*`.
         for role in Role::ALL {
-            let mut s: Vec<(&str, &str)> = vec![
-                // Addresses are usable at once (also set per address with `nodad`).
-                ("net.ipv6.conf.all.accept_dad", "0"),
-                ("net.ipv6.conf.default.accept_dad", "0"),
-                // Nobody sends router advertisements here; keep the state deterministic.
-                ("net.ipv6.conf.default.accept_ra", "0"),
-                // The kernel default in a new namespace, set explicitly: with strict or
-                // loose reverse-path filtering a host without a route back to the guests
-                // would drop forwarded guest traffic for reasons unrelated to guard.
-                ("net.ipv4.conf.all.rp_filter", "0"),
-                ("net.ipv4.conf.default.rp_filter", "0"),
-            ];
+            let mut s = base_sysctls();
             if matches!(role, Role::Host | Role::Gw) {
                 // What libvirt turns on when it installs.
-                s.push(("net.ipv4.ip_forward", "1"));
-                s.push(("net.ipv6.conf.all.forwarding", "1"));
+                s.extend(FORWARDING);
             }
             self.netns(role).sysctl(&s)?;
         }
@@ -429,11 +528,19 @@ impl Lab {
         let mut l: Vec<String> = vec!["link set lo up".into()];
         match role {
             Role::Host => {
-                l.push(format!(
-                    "link add {} address {} type bridge stp_state 0",
-                    addr::BRIDGE,
-                    mac_to_string(&addr::BRIDGE_MAC)
-                ));
+                match self.options.bridge_mac {
+                    BridgeMac::Fixed => l.push(format!(
+                        "link add {} address {} type bridge stp_state 0",
+                        addr::BRIDGE,
+                        mac_to_string(&addr::BRIDGE_MAC)
+                    )),
+                    BridgeMac::Auto => {
+                        l.push(format!("link add {} type bridge stp_state 0", addr::BRIDGE));
+                        for (p, mac) in ["vg1", "vg2", "vgw"].iter().zip(addr::AUTO_PORT_MACS) {
+                            l.push(format!("link set {p} address {}", mac_to_string(&mac)));
+                        }
+                    }
+                }
                 for p in ["vg1", "vg2", "vgw"] {
                     l.push(format!("link set {p} master {}", addr::BRIDGE));
                     up_with(&mut l, p, &[]);
@@ -488,6 +595,7 @@ impl Lab {
                     );
                 }
             }
+            Role::Extra(_) => {}
         }
         l
     }
@@ -512,13 +620,13 @@ impl Lab {
             Role::Host if self.variant == Variant::NatHost => {
                 default(addr::INET_UPLINK4, addr::INET_UPLINK6)
             }
-            Role::Host | Role::Gw => Vec::new(),
+            Role::Host | Role::Gw | Role::Extra(_) => Vec::new(),
         }
     }
 
-    /// Polls the kernel until every lab link is up, every bridge port forwards and no
-    /// address is tentative.
-    fn wait_settled(&self) -> Result<()> {
+    /// Polls the kernel until every link of every lab namespace (scenario builders' too) is
+    /// up, every bridge port forwards and no address is tentative.
+    pub fn wait_settled(&self) -> Result<()> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             let pending = self.unsettled()?;
@@ -539,12 +647,13 @@ impl Lab {
     /// What is not ready yet, one entry per problem.
     fn unsettled(&self) -> Result<Vec<String>> {
         let mut pending = Vec::new();
-        for role in Role::ALL {
-            let ns = self.netns(role);
+        for ns in self.namespaces.iter().chain(&self.extra) {
             for link in as_array(&ns.ip_json(&["link", "show"])?) {
                 let name = link["ifname"].as_str().unwrap_or("?");
                 let state = link["operstate"].as_str().unwrap_or("?");
-                if name != "lo" && state != "UP" {
+                // UNKNOWN: a device without carrier reporting (VXLAN, macvlan), up as far as
+                // the kernel can tell.
+                if name != "lo" && !matches!(state, "UP" | "UNKNOWN") {
                     pending.push(format!("{}/{name} is {state}", ns.name()));
                 }
             }
@@ -585,7 +694,8 @@ impl Lab {
         Ok(pending)
     }
 
-    fn iface(&self, role: Role, name: &str) -> Result<Iface> {
+    /// An interface of a lab namespace as the kernel reports it now.
+    pub fn iface(&self, role: Role, name: &str) -> Result<Iface> {
         let ns = self.netns(role);
         let v = ns.ip_json(&["link", "show", "dev", name])?;
         let link = as_array(&v)
@@ -609,8 +719,17 @@ impl Lab {
 
     fn discover(&mut self) -> Result<()> {
         self.bridge = self.iface(Role::Host, addr::BRIDGE)?;
-        if self.bridge.mac != addr::BRIDGE_MAC {
-            bail!("{} did not take the configured MAC", self.bridge);
+        let want = match self.options.bridge_mac {
+            BridgeMac::Fixed => addr::BRIDGE_MAC,
+            BridgeMac::Auto => addr::AUTO_PORT_MACS[0],
+        };
+        if self.bridge.mac != want {
+            bail!(
+                "{} does not have the MAC {} ({:?})",
+                self.bridge,
+                mac_to_string(&want),
+                self.options.bridge_mac
+            );
         }
         self.ports = [(Role::G1, "vg1"), (Role::G2, "vg2"), (Role::Gw, "vgw")]
             .into_iter()
@@ -667,8 +786,30 @@ impl Lab {
     }
 }
 
+/// Every lab namespace's sysctls.
+fn base_sysctls() -> Vec<(&'static str, &'static str)> {
+    vec![
+        // Addresses are usable at once (also set per address with `nodad`).
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+        // Nobody sends router advertisements here; keep the state deterministic.
+        ("net.ipv6.conf.default.accept_ra", "0"),
+        // The kernel default in a new namespace, set explicitly: with strict or
+        // loose reverse-path filtering a host without a route back to the guests
+        // would drop forwarded guest traffic for reasons unrelated to guard.
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+    ]
+}
+
+/// A router's sysctls (what libvirt turns on for the host).
+const FORWARDING: [(&str, &str); 2] = [
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+];
+
 /// `ip` lines that bring `dev` up and add `cidrs` (IPv6 ones with `nodad`: usable at once).
-fn up_with(lines: &mut Vec<String>, dev: &str, cidrs: &[String]) {
+pub fn up_with(lines: &mut Vec<String>, dev: &str, cidrs: &[String]) {
     lines.push(format!("link set {dev} up"));
     for c in cidrs {
         let nodad = if c.contains(':') { " nodad" } else { "" };

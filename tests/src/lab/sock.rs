@@ -225,7 +225,8 @@ pub fn udp_collect(
     mut accept: impl FnMut(&[u8], SocketAddr) -> Option<u32>,
 ) -> Result<u32> {
     let mut seen = std::collections::BTreeSet::new();
-    let mut buf = [0u8; 2048];
+    // Room for a jumbo datagram: `accept` sees its whole length.
+    let mut buf = vec![0u8; 65_536];
     sock.set_nonblocking(true).context("UDP set_nonblocking")?;
     while (seen.len() as u64) < u64::from(want) {
         if !wait_readable(sock.as_fd(), deadline).context("poll on UDP receiver")? {

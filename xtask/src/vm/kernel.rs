@@ -43,9 +43,11 @@ pub const KERNELS: &[Kernel] = &[
     },
 ];
 
-/// Modules the guests need when the kernel has them as modules (dependencies are added):
-/// veth and bridge for the namespace test, the clsact qdisc and `cls_bpf` for TC mode,
-/// virtio-net (and virtio-pci, which finds the device) for the tap guest.
+/// Modules the guests need when the kernel has them as modules (dependencies are added, in
+/// the order `insmod` needs: `ip_tunnel`, `gre`, `tunnel4`, `udp_tunnel`, `ip6_udp_tunnel`,
+/// ...): veth and bridge for the namespace test, the clsact qdisc and `cls_bpf` for TC mode,
+/// virtio-net (and virtio-pci, which finds the device) for the tap guest, and the tunnels of
+/// the tunnel test (issue 11), which the build host's kernel lacks.
 pub const MODULES: &[&str] = &[
     "veth",
     "bridge",
@@ -53,6 +55,12 @@ pub const MODULES: &[&str] = &[
     "cls_bpf",
     "virtio_pci",
     "virtio_net",
+    "ip_gre",
+    "ipip",
+    "sit",
+    "geneve",
+    "fou",
+    "vxlan",
 ];
 
 /// A kernel ready to boot.

@@ -4,7 +4,8 @@
 //!    boots a busybox initramfs carrying guard's static binaries and runs
 //!    `guard-vmcheck matrix`: the datapath case table (`BPF_PROG_TEST_RUN`) on the XDP and TC
 //!    programs of the release and the debug eBPF object, then the namespace attack test
-//!    through guardctl in every hook mode.
+//!    through guardctl in every hook mode, then the tunnel attack of issue 11 (GRE, IPIP,
+//!    SIT, GENEVE, FOU, VXLAN decapsulated on the host) in xdp, tcx and tc mode.
 //! 2. Tap: on this host's kernel, a guest whose virtio-net NIC is a tap on `br-guest` sends
 //!    the attack plan; guard (XDP on the tap) must stop every attack and pass the rest.
 //!
@@ -62,6 +63,10 @@ impl Default for VmtestArgs {
 }
 
 const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// The tunnel test's hook modes in the guests (`guard-vmcheck matrix --tunnel-hooks`'s
+/// default): xdp, tcx, tc.
+const TUNNEL_HOOKS: usize = 3;
 
 /// One line of the result table.
 struct Row {
@@ -233,6 +238,65 @@ fn attack_row(kernel: &str, release: &str, boot: Option<f64>, r: &Value) -> Row 
     row
 }
 
+/// A row of the tunnel test: every tunnel's inner packet reached storage without guard
+/// (else the control is INVALID), none with guard, and the bridge dropped every frame as
+/// `deny_tunnel`.
+fn tunnel_row(kernel: &str, release: &str, boot: Option<f64>, r: &Value) -> Row {
+    let hook = r.get("hook").and_then(Value::as_str).unwrap_or("?");
+    let modes = strs(r, "modes");
+    let got: Vec<&str> = modes
+        .iter()
+        .filter_map(|m| m.split_once('=').map(|(_, mode)| mode))
+        .collect();
+    let shown = got.first().copied().unwrap_or("?");
+    let mut row = Row::new(kernel, format!("tunnels {hook} -> {shown}"), boot);
+    if let Some(e) = r.get("error").and_then(Value::as_str) {
+        row.fail(e.to_owned());
+        return row;
+    }
+    let want = expected_mode(hook, release);
+    if got.is_empty() || got.iter().any(|m| *m != want) {
+        row.fail(format!("ports hooked as {modes:?}, want {want}"));
+    }
+    let cases = r
+        .get("cases")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let (mut sent, mut blocked) = (0, 0);
+    for c in &cases {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        let n = num(c, "sent");
+        let (control, reached) = (num(c, "control_reached"), num(c, "reached"));
+        let (dropped, tunnel) = (num(c, "dropped"), num(c, "deny_tunnel"));
+        sent += n;
+        blocked += n.saturating_sub(reached);
+        row.notes.push(format!(
+            "{name}: without guard {control}/{n}, with {reached}/{n}, drops {dropped}, \
+             deny_tunnel {tunnel} ({})",
+            c.get("counters").and_then(Value::as_str).unwrap_or("")
+        ));
+        if n == 0 || control != n {
+            row.fail(format!(
+                "INVALID negative control: {name}: {control}/{n} reached storage without guard"
+            ));
+        }
+        if reached > 0 {
+            row.fail(format!("LEAKED with guard: {name}: {reached}/{n}"));
+        }
+        if dropped != n || tunnel != n {
+            row.fail(format!(
+                "{name}: {dropped} drops, {tunnel} deny_tunnel on the bridge, not {n}"
+            ));
+        }
+    }
+    if cases.is_empty() {
+        row.fail("no tunnel case ran".into());
+    }
+    row.attacks = format!("{blocked}/{sent}");
+    row
+}
+
 fn guest_problems(row: &mut Row, g: &qemu::Guest, timeout: Duration) {
     if g.timed_out {
         row.fail(format!("guest killed after {} s", timeout.as_secs()));
@@ -277,11 +341,12 @@ fn matrix(
         match r.get("check").and_then(Value::as_str) {
             Some("testrun") => rows.push(testrun_row(name, g.boot_secs, r)),
             Some("nsattack") => rows.push(attack_row(name, release, g.boot_secs, r)),
+            Some("tunnels") => rows.push(tunnel_row(name, release, g.boot_secs, r)),
             _ => {}
         }
     }
-    // Two objects times two hooks, then the namespace test's hooks.
-    let expected = 4 + args.hooks.len();
+    // Two objects times two hooks, then the namespace test's hooks, then the tunnel test's.
+    let expected = 4 + args.hooks.len() + TUNNEL_HOOKS;
     if rows.len() < expected || g.timed_out || !g.done || !g.problems.is_empty() {
         let mut row = Row::new(name, "guest".into(), g.boot_secs);
         row.notes.push(format!(

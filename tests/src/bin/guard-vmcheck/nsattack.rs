@@ -25,8 +25,8 @@ use crate::{
     raw::{Receiver, send},
 };
 
-const BRIDGE: &str = "br0";
-const ATTACKER_NS: &str = "vmcheck-a";
+pub const BRIDGE: &str = "br0";
+pub const ATTACKER_NS: &str = "vmcheck-a";
 const PEER_NS: &str = "vmcheck-b";
 /// Time for frames still in flight to arrive before receivers stop (TCG is slow).
 const SETTLE: Duration = Duration::from_millis(500);
@@ -50,7 +50,7 @@ pub fn guardctl() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("guardctl"))
 }
 
-fn mac_of(netns: Option<&str>, iface: &str) -> Result<Mac> {
+pub fn mac_of(netns: Option<&str>, iface: &str) -> Result<Mac> {
     let out = match netns {
         Some(ns) => run(Command::new("ip").args(["-n", ns, "-br", "link", "show", iface]))?,
         None => run(Command::new("ip").args(["-br", "link", "show", iface]))?,
@@ -149,7 +149,8 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-fn setup() -> Result<()> {
+/// The bridge with its address and two guest ports (also the tunnel test's base).
+pub fn setup() -> Result<()> {
     for ns in [ATTACKER_NS, PEER_NS] {
         ip(&["netns", "add", ns])?;
     }
@@ -165,7 +166,7 @@ fn setup() -> Result<()> {
     ip(&["link", "set", BRIDGE, "up"])
 }
 
-fn teardown(guardctl: &Path) {
+pub fn teardown(guardctl: &Path) {
     let _ = run(Command::new(guardctl).args(["detach", BRIDGE]));
     // Veths first, explicitly: a deleted namespace releases its devices asynchronously
     // (cleanup_net runs from a workqueue), so the next set-up could find a port still there.

@@ -75,6 +75,14 @@ fn source_routed<F: Frame>(f: &F, start: usize, len: usize) -> Result<bool, Malf
         // SAFETY: inside the 64-byte buffer.
         unsafe { words.add(i).write_volatile(0) };
     }
+    // A volatile read hides what LLVM knows of `len` (at most 40: the IHL is 4 bits) so the
+    // check survives into the program: the verifier does not know the IHL bound, and needs one
+    // for the walk's indexes into the buffer.
+    // SAFETY: a read of a live local.
+    let len = unsafe { core::ptr::read_volatile(&raw const len) };
+    if len > MAX_OPTION_BYTES {
+        return Err(Malformed);
+    }
     for i in 0..MAX_OPTION_BYTES / 4 {
         if 4 * i >= len {
             break;

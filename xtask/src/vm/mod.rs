@@ -166,6 +166,20 @@ fn strs(v: &Value, key: &str) -> Vec<String> {
 /// The hook mode a port must end up in for a requested hook on `release`: TCX links exist
 /// from 6.6 on (`BPF_TCX_INGRESS`); before that guardctl must fall back to a `cls_bpf` filter
 /// and say why in `guardctl status`.
+/// `name=mode` entries of a row: the bridge device's (named `bridge:<name>`) and the ports'.
+fn split_modes(modes: &[String]) -> (Vec<&str>, Vec<&str>) {
+    let mut bridge = Vec::new();
+    let mut ports = Vec::new();
+    for (name, mode) in modes.iter().filter_map(|m| m.split_once('=')) {
+        if name.starts_with("bridge:") {
+            bridge.push(mode);
+        } else {
+            ports.push(mode);
+        }
+    }
+    (bridge, ports)
+}
+
 fn expected_mode(hook: &str, release: &str) -> &'static str {
     match hook {
         "xdp" => "xdp-native",
@@ -196,10 +210,7 @@ fn testrun_row(kernel: &str, boot: Option<f64>, r: &Value) -> Row {
 fn attack_row(kernel: &str, release: &str, boot: Option<f64>, r: &Value) -> Row {
     let hook = r.get("hook").and_then(Value::as_str).unwrap_or("?");
     let modes = strs(r, "modes");
-    let got: Vec<&str> = modes
-        .iter()
-        .filter_map(|m| m.split_once('=').map(|(_, mode)| mode))
-        .collect();
+    let (bridge, got) = split_modes(&modes);
     let shown = got.first().copied().unwrap_or("?");
     let mut row = Row::new(kernel, format!("ns {hook} -> {shown}"), boot);
     row.attacks = format!("{}/{}", num(r, "attacks_blocked"), num(r, "attacks_sent"));
@@ -211,6 +222,13 @@ fn attack_row(kernel: &str, release: &str, boot: Option<f64>, r: &Value) -> Row 
     let want = expected_mode(hook, release);
     if got.is_empty() || got.iter().any(|m| *m != want) {
         row.fail(format!("ports hooked as {modes:?}, want {want}"));
+    }
+    // The backstop on the bridge device: TCX where the kernel has it, else cls_bpf.
+    let want_bridge = expected_mode("tcx", release);
+    if bridge != [want_bridge] {
+        row.fail(format!(
+            "bridge device hooked as {bridge:?}, want {want_bridge}"
+        ));
     }
     let fallbacks = strs(r, "fallbacks");
     if hook == "tcx" && want == "tc" && fallbacks.is_empty() {
@@ -244,10 +262,7 @@ fn attack_row(kernel: &str, release: &str, boot: Option<f64>, r: &Value) -> Row 
 fn tunnel_row(kernel: &str, release: &str, boot: Option<f64>, r: &Value) -> Row {
     let hook = r.get("hook").and_then(Value::as_str).unwrap_or("?");
     let modes = strs(r, "modes");
-    let got: Vec<&str> = modes
-        .iter()
-        .filter_map(|m| m.split_once('=').map(|(_, mode)| mode))
-        .collect();
+    let (bridge, got) = split_modes(&modes);
     let shown = got.first().copied().unwrap_or("?");
     let mut row = Row::new(kernel, format!("tunnels {hook} -> {shown}"), boot);
     if let Some(e) = r.get("error").and_then(Value::as_str) {
@@ -257,6 +272,13 @@ fn tunnel_row(kernel: &str, release: &str, boot: Option<f64>, r: &Value) -> Row 
     let want = expected_mode(hook, release);
     if got.is_empty() || got.iter().any(|m| *m != want) {
         row.fail(format!("ports hooked as {modes:?}, want {want}"));
+    }
+    // The backstop on the bridge device: TCX where the kernel has it, else cls_bpf.
+    let want_bridge = expected_mode("tcx", release);
+    if bridge != [want_bridge] {
+        row.fail(format!(
+            "bridge device hooked as {bridge:?}, want {want_bridge}"
+        ));
     }
     let cases = r
         .get("cases")

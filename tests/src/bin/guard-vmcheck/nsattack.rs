@@ -113,7 +113,8 @@ pub fn port_counters(
         .collect())
 }
 
-/// Per port: `(name, mode, fallback)` from `guardctl status --json`.
+/// Per hooked interface: `(name, mode, fallback)` from `guardctl status --json`. The bridge
+/// device's own hook (the backstop) is named `bridge:<name>`.
 pub fn port_modes(
     guardctl: &Path,
     netns: Option<&str>,
@@ -122,6 +123,16 @@ pub fn port_modes(
     let (ports, _) = guardctl_ports(guardctl, netns, "status", bridge)?;
     Ok(ports
         .iter()
+        .map(|p| {
+            if p.get("bridge_device").and_then(Value::as_bool) == Some(true) {
+                let mut p = p.clone();
+                let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+                p["name"] = Value::from(format!("bridge:{name}"));
+                p
+            } else {
+                p.clone()
+            }
+        })
         .map(|p| {
             let s = |k| p.get(k).and_then(Value::as_str).map(str::to_owned);
             (

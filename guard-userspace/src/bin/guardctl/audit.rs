@@ -199,7 +199,12 @@ fn render(r: &Report) -> String {
             let head = if i == 0 { "  fix:  " } else { "   or:  " };
             wrap_into(&mut s, fix, head, "        ");
         }
-        wrap_into(&mut s, &f.fix_note, "  --fix: ", "         ");
+        wrap_into(
+            &mut s,
+            &fix_note_text(&f.fix_note),
+            "  --fix: ",
+            "         ",
+        );
     }
     let count = |sev| r.findings.iter().filter(|f| f.severity == sev).count();
     let _ = writeln!(
@@ -211,6 +216,19 @@ fn render(r: &Report) -> String {
         r.exit_status()
     );
     s
+}
+
+/// The finding's `fix_note` as the text report says it: the note records what `--fix` does
+/// ("applied: ..." / "not applied: ..."), which must not read as if something had been
+/// written when nobody asked for `--fix`.
+fn fix_note_text(note: &str) -> String {
+    if let Some(why) = note.strip_prefix("applied: ") {
+        format!("changes this ({why})")
+    } else if let Some(why) = note.strip_prefix("not applied: ") {
+        format!("leaves this alone ({why})")
+    } else {
+        note.to_owned()
+    }
 }
 
 /// Appends `text` word-wrapped to [`WIDTH`], the first line after `first`, the rest after

@@ -241,11 +241,7 @@ impl View {
             .recent
             .iter()
             .map(|v| {
-                let ep = |ip: Option<std::net::IpAddr>, port: Option<u16>| match (ip, port) {
-                    (Some(a), Some(p)) => format!("{a}:{p}"),
-                    (Some(a), None) => a.to_string(),
-                    (None, _) => "-".to_owned(),
-                };
+                let ep = guard::events::endpoint;
                 Line::raw(format!(
                     "{} {} {} > {} {} {}",
                     v.time.get(11..23).unwrap_or(&v.time),

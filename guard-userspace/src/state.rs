@@ -1,5 +1,15 @@
-//! What bpffs cannot hold about an attached bridge: options, class names, port slots and hook
-//! modes, since when. Written atomically (temp file + rename) after every change.
+//! The desired state of one attached bridge, and what bpffs cannot hold about it: the options
+//! it was attached with, the live edits made since (`guardctl rules add/del`), what was
+//! discovered, class names, port slots and hook modes, what failed to apply, and the agent
+//! that follows it. Written atomically (temp file + rename) after every change, and only by
+//! the holder of the bridge's lock (`pins::BridgeLock`): every verb and the agent read it
+//! afresh under that lock before they change anything, so nobody overwrites another's change.
+//!
+//! Precedence: the options are replaced by a re-`attach` (or a SIGHUP re-read of the
+//! configuration file); the live edits stay until `guardctl rules del`/`rules reset`, a
+//! `rules save` (which moves them into the configuration file) or `detach`. An edit overrides
+//! a configured or discovered rule for the same prefix (it was refused at the time it was made
+//! if it contradicted one, unless `--replace` said so).
 
 use std::{collections::BTreeMap, fs, io, path::PathBuf};
 
@@ -79,11 +89,19 @@ pub struct Options {
     /// Protected prefixes as given (empty: the default protected set, re-discovered).
     pub protect: Vec<RuleSpec>,
     pub allow: Vec<RuleSpec>,
-    /// Rules added live with `guardctl rules add`, on top of the protected/allowed sets.
-    #[serde(default)]
+    /// Protect the discovered set (every network and address the host holds outside the
+    /// bridge) as well; `None`: only when `protect` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover: Option<bool>,
+    /// Prefixes taken out of the discovered set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<ipnet::IpNet>,
+    /// Only read, from state files of earlier versions, which kept the live edits here:
+    /// [`State::load`] moves them into [`State::edits`]. Always empty otherwise.
+    #[serde(default, skip_serializing)]
     pub added: Vec<RuleSpec>,
-    /// Prefixes removed live with `guardctl rules del` (also from the discovered set).
-    #[serde(default)]
+    /// Like `added`.
+    #[serde(default, skip_serializing)]
     pub removed: Vec<ipnet::IpNet>,
     /// MACs added to the discovered host set.
     pub extra_macs: Vec<String>,
@@ -94,6 +112,108 @@ pub struct Options {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_rate: Option<u32>,
     pub config_file: Option<PathBuf>,
+}
+
+impl Options {
+    /// Does the policy include the discovered set?
+    #[must_use]
+    pub fn discovers(&self) -> bool {
+        self.discover.unwrap_or(self.protect.is_empty())
+    }
+}
+
+/// Live changes to the policy (`guardctl rules`), on top of the options and the discovered set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edits {
+    /// Rules added (with their class and source); each replaces any other rule for its prefix.
+    #[serde(default)]
+    pub added: Vec<RuleSpec>,
+    /// Prefixes removed, also from the configured and the discovered set.
+    #[serde(default)]
+    pub removed: Vec<ipnet::IpNet>,
+}
+
+impl Edits {
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The `guardctl run` process following a bridge. The start time tells a live agent from a
+/// later process that reuses its pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: clock ticks after boot.
+    pub start_time: u64,
+}
+
+impl AgentRecord {
+    /// This process.
+    #[must_use]
+    pub fn current() -> Option<Self> {
+        let pid = std::process::id();
+        Some(Self {
+            pid,
+            start_time: process_start_time(pid)?,
+        })
+    }
+
+    /// Is this agent still running (the same process, not a reused pid)?
+    #[must_use]
+    pub fn is_alive(&self) -> bool {
+        process_start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`, `None` for a process that has exited. The command name (field 2) may hold spaces
+/// and parentheses, so the fields are counted from its last `)`.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // Field 3, the state: a zombie (or dead) process has exited, though its parent has not
+    // reaped it yet.
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    // Field 22 is the 19th after field 3.
+    fields.nth(18)?.parse().ok()
+}
+
+/// What a reconcile applies, one item at a time: an item that fails is reported and the next
+/// ones still run.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "item")]
+pub enum Item {
+    /// The global flags (monitor, strict MAC, event rate).
+    GlobalConfig,
+    /// The host MAC set.
+    HostMacs,
+    /// The prefixes in the tries.
+    Policy,
+    /// One port's hook and port-table entry.
+    Port { name: String, ifindex: u32 },
+}
+
+impl std::fmt::Display for Item {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::GlobalConfig => f.write_str("global config"),
+            Self::HostMacs => f.write_str("host MAC set"),
+            Self::Policy => f.write_str("policy"),
+            Self::Port { name, .. } => write!(f, "port {name}"),
+        }
+    }
+}
+
+/// An item the last reconcile could not apply; what was in force before stays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    #[serde(flatten)]
+    pub item: Item,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +227,9 @@ pub struct State {
     /// Identifies the eBPF object the pinned programs came from.
     pub object_id: String,
     pub options: Options,
+    /// Live edits, kept across reconciles, agent restarts and re-attaches.
+    #[serde(default)]
+    pub edits: Edits,
     /// The policy in force (explicit or discovered).
     pub policy: Policy,
     pub classes: Classes,
@@ -114,18 +237,39 @@ pub struct State {
     pub ports: BTreeMap<u32, PortState>,
     /// The host MACs in force, with why (`aa:bb:..` -> reason).
     pub host_macs: BTreeMap<String, String>,
+    /// What the last reconcile could not apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<Failure>,
+    /// `guardctl detach` is removing this bridge: the agent must not reconcile again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detaching: bool,
+    /// The agent following this bridge, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRecord>,
 }
 
 impl State {
     pub fn load(loc: &Location) -> Result<Option<Self>> {
         let path = loc.state_file();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| GuardError::StateFormat { path, source }),
+            Ok(bytes) => {
+                let mut state: Self = serde_json::from_slice(&bytes)
+                    .map_err(|source| GuardError::StateFormat { path, source })?;
+                // Live edits of a state written by an earlier version.
+                let o = &mut state.options;
+                state.edits.added.append(&mut o.added);
+                state.edits.removed.append(&mut o.removed);
+                Ok(Some(state))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(GuardError::State { path, source }),
         }
+    }
+
+    /// The agent recorded in the state, if it is still running.
+    #[must_use]
+    pub fn live_agent(&self) -> Option<AgentRecord> {
+        self.agent.filter(AgentRecord::is_alive)
     }
 
     pub fn save(&self, loc: &Location) -> Result<()> {
@@ -137,7 +281,9 @@ impl State {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(err)?;
         }
-        let tmp = path.with_extension("json.tmp");
+        // Per process: two writers never share a temp file (the lock makes that moot for
+        // well-behaved callers, but a crash leaves no file another writer would clobber).
+        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec_pretty(self).map_err(|source| GuardError::StateFormat {
             path: path.clone(),
             source,

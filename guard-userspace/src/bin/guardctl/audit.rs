@@ -74,7 +74,7 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> Result<ExitCode> {
     let report = audit_once(cli, a).await?;
     if !a.fix {
         if a.json {
-            output::print_json(&json_of(&report, None, None))?;
+            output::print_json(&output::Schema::new("audit", &json_of(&report, None, None)))?;
         } else {
             print!("{}", render(&report));
         }
@@ -87,7 +87,10 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> Result<ExitCode> {
     }
     if changes.is_empty() {
         if a.json {
-            output::print_json(&json_of(&report, Some(&[]), None))?;
+            output::print_json(&output::Schema::new(
+                "audit",
+                &json_of(&report, Some(&[]), None),
+            ))?;
         } else {
             println!("--fix: nothing that is safe to change automatically");
         }
@@ -98,7 +101,10 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> Result<ExitCode> {
         .context("applying the sysctl changes")?;
     let after = audit_once(cli, a).await?;
     if a.json {
-        output::print_json(&json_of(&after, Some(&applied), Some(&report.findings)))?;
+        output::print_json(&output::Schema::new(
+            "audit",
+            &json_of(&after, Some(&applied), Some(&report.findings)),
+        ))?;
     } else {
         println!("--fix: applied {} change(s):", applied.len());
         for c in &applied {

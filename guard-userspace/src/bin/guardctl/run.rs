@@ -122,9 +122,8 @@ impl<'a> Out<'a> {
                 Ok(s) => println!("{s}"),
                 Err(e) => eprintln!("guardctl: serialising an event: {e}"),
             }
-        } else if ev.error.is_some() {
-            eprintln!("guardctl: {}", ev.message);
         } else {
+            // One stream, in order, failures included: it is the agent's log.
             println!("guard: {}", ev.message);
         }
     }
@@ -408,7 +407,10 @@ async fn follow(
             _ = resync.tick() => true,
             _ = hup.recv() => {
                 match reload(guard, a).await {
-                    Ok(()) => out.say("reloaded", "re-read the configuration".to_owned()),
+                    Ok(changes) => {
+                        out.say("reloaded", "re-read the configuration".to_owned());
+                        out.changes(&changes, &guard.state);
+                    }
                     Err(e) => out.emit(AgentEvent {
                         event: "failed",
                         item: Some("configuration".to_owned()),
@@ -476,15 +478,13 @@ fn reconcile(guard: &mut Guard, found: &Discovery) -> guard::Result<Changes> {
 
 /// SIGHUP: the options are read again (configuration file, then the command line's flags);
 /// live edits stay. Applied by the reconcile that follows.
-async fn reload(guard: &mut Guard, a: &RunArgs) -> Result<()> {
+async fn reload(guard: &mut Guard, a: &RunArgs) -> Result<Changes> {
     let opts = crate::attach::options(&a.attach)?;
     let found = crate::attach::discover(&a.attach.bridge).await?;
-    let changes = guard.update(&found, |s| {
+    Ok(guard.update(&found, |s| {
         s.options = opts;
         Ok(())
-    })?;
-    crate::attach::report_failures(&a.attach.bridge, &changes);
-    Ok(())
+    })?)
 }
 
 fn never_attached(out: &Out<'_>) -> ExitCode {

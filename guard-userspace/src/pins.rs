@@ -374,3 +374,55 @@ pub fn ensure_bpffs(run_root: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_loc(tag: &str) -> (Location, PathBuf) {
+        let root = std::env::temp_dir().join(format!("guard-pins-{tag}-{}", std::process::id()));
+        let loc = Location::with_roots(None, "br-t", root.join("bpf"), root.join("run"));
+        (loc, root)
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_leaves_nothing_without_state() {
+        let (loc, root) = temp_loc("lock");
+        let held = loc.lock().expect("lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = loc.clone();
+        let waiter = std::thread::spawn(move || {
+            let l = other.lock().expect("second lock");
+            tx.send(()).expect("send");
+            drop(l);
+        });
+        // The second locker must still be waiting while the first holds the lock.
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+                .is_err(),
+            "two holders at once"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the waiter gets the lock once it is released");
+        waiter.join().expect("waiter");
+        assert!(!loc.lock_file().exists(), "no state: no lock file left");
+        assert!(!loc.run_dir().exists());
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn lock_file_kept_while_state_exists() {
+        let (loc, root) = temp_loc("keep");
+        fs::create_dir_all(loc.run_dir()).expect("dir");
+        fs::write(loc.state_file(), "{}").expect("state");
+        drop(loc.lock().expect("lock"));
+        assert!(loc.lock_file().exists());
+        // A holder that removes the directory (a detach) does not strand the next locker.
+        let l = loc.lock().expect("lock");
+        fs::remove_dir_all(loc.run_dir()).expect("remove");
+        drop(l);
+        drop(loc.lock().expect("lock after removal"));
+        let _ = fs::remove_dir_all(root);
+    }
+}

@@ -717,6 +717,126 @@ mod tests {
         assert_eq!(state[&parse_net("10.0.0.0/8").expect("ok")].rule_id, id);
     }
 
+    fn arg(s: &str) -> RuleArg {
+        s.parse().expect("valid")
+    }
+
+    #[test]
+    fn edits_refuse_contradictions_and_keep_classes() {
+        let discovered = Policy::from_rules([
+            parse_protect("10.20.0.0/24=host-net", "stor0").expect("ok"),
+            parse_protect("10.20.0.1/32=host", "stor0").expect("ok"),
+        ])
+        .expect("ok");
+        let mut edits = Edits::default();
+        let e = add_rules(
+            &mut edits,
+            &discovered,
+            &[(arg("10.20.0.0/24"), Action::Allow)],
+            false,
+        )
+        .expect_err("contradiction");
+        let text = e.to_string();
+        assert!(
+            text.contains("10.20.0.0/24 (allowed")
+                && text.contains("10.20.0.0/24 (protected, class host-net, discovered on stor0)"),
+            "{text}"
+        );
+        assert!(edits.is_empty(), "nothing changed on a refusal");
+        // Without a class, a prefix protected already keeps its class and source.
+        let added = add_rules(
+            &mut edits,
+            &discovered,
+            &[(arg("10.20.0.1"), Action::Deny)],
+            false,
+        )
+        .expect("same action");
+        assert_eq!(
+            (added[0].class.as_str(), added[0].source.as_str()),
+            ("host", "stor0")
+        );
+        // --replace overrides; del of a prefix not in force fails; reset forgets.
+        add_rules(
+            &mut edits,
+            &discovered,
+            &[(arg("10.20.0.0/24=portal"), Action::Allow)],
+            true,
+        )
+        .expect("replace");
+        let options = Options::default();
+        let d = Discovery {
+            bridge: crate::discovery::Iface {
+                index: 1,
+                name: "br".into(),
+                mac: None,
+                controller: None,
+                is_bridge: true,
+                is_loopback: false,
+                up: true,
+            },
+            ports: Vec::new(),
+            host_macs: BTreeMap::new(),
+            addrs: vec![crate::discovery::HostAddr {
+                ifindex: 2,
+                ifname: "stor0".into(),
+                addr: "10.20.0.1".parse().expect("ok"),
+                prefix_len: 24,
+            }],
+            ifaces: Vec::new(),
+        };
+        let p = Policy::build(&options, &edits, &d).expect("build");
+        assert_eq!(
+            p.get(&parse_net("10.20.0.0/24").expect("ok"))
+                .map(|r| r.action),
+            Some(Action::Allow)
+        );
+        assert!(matches!(
+            del_rules(&mut edits, &p, &[parse_net("10.99.0.0/16").expect("ok")]),
+            Err(GuardError::NotInForce(_))
+        ));
+        del_rules(&mut edits, &p, &[parse_net("10.20.0.1/32").expect("ok")]).expect("in force");
+        let p = Policy::build(&options, &edits, &d).expect("build");
+        assert!(
+            p.get(&parse_net("10.20.0.1/32").expect("ok")).is_none(),
+            "removed stays removed"
+        );
+
+        // What `rules save` writes gives the same policy with no edits.
+        let saved = options_with_edits(&options, &edits, &default_protected(&d));
+        let again = Policy::build(&saved, &Edits::default(), &d).expect("saved options build");
+        let key = |p: &Policy| -> Vec<(IpNet, Action)> {
+            p.rules.iter().map(|r| (r.net, r.action)).collect()
+        };
+        assert_eq!(key(&again), key(&p));
+        assert!(
+            saved
+                .exclude
+                .contains(&parse_net("10.20.0.0/24").expect("ok"))
+        );
+
+        assert_eq!(reset_edits(&mut edits, &[]).expect("reset"), 2);
+        assert!(edits.is_empty());
+    }
+
+    #[test]
+    fn prefix_errors_say_what_is_wrong() {
+        let e = parse_net("10.0.0.0/33").expect_err("too long").to_string();
+        assert!(
+            e.contains("prefix length /33 is too long for IPv4 (at most /32)"),
+            "{e}"
+        );
+        let e = parse_net("fd00::/129").expect_err("too long").to_string();
+        assert!(e.contains("too long for IPv6 (at most /128)"), "{e}");
+        let e = parse_net("10.0.0.300/24")
+            .expect_err("bad address")
+            .to_string();
+        assert!(e.contains("\"10.0.0.300/24\" is not a CIDR"), "{e}");
+        let e = parse_net("10.0.0.0/x").expect_err("bad length").to_string();
+        assert!(e.contains("is not a number"), "{e}");
+        assert!("10.0.0.0/8=".parse::<RuleArg>().is_err());
+        assert_eq!(arg("10.0.0.0/8").class, None);
+    }
+
     #[test]
     fn parsing_and_contradictions() {
         assert_eq!(

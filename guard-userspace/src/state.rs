@@ -299,3 +299,41 @@ pub fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_changed_start_time_is_not() {
+        let me = AgentRecord::current().expect("/proc/self/stat");
+        assert!(me.is_alive());
+        let reused = AgentRecord {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!reused.is_alive(), "a reused pid is not the agent");
+    }
+
+    #[test]
+    fn edits_of_an_earlier_state_file_are_migrated() {
+        let root = std::env::temp_dir().join(format!("guard-state-{}", std::process::id()));
+        let loc = Location::with_roots(None, "br-t", root.join("bpf"), root.join("run"));
+        fs::create_dir_all(loc.run_dir()).expect("dir");
+        fs::write(
+            loc.state_file(),
+            r#"{"bridge":"br-t","netns":null,"since":1,"updated":1,"object_id":"x",
+                "options":{"hook":"xdp","bridge_hook":false,"monitor":false,"strict_mac":false,
+                  "protect":[],"allow":[],"extra_macs":[],"monitor_ports":[],"config_file":null,
+                  "added":[{"net":"10.20.0.5/32","action":"allow","class":"portal","source":"rules"}],
+                  "removed":["10.30.0.0/24"]},
+                "policy":{"rules":[]},"classes":{"user":{}},"ports":{},"host_macs":{}}"#,
+        )
+        .expect("write");
+        let s = State::load(&loc).expect("load").expect("present");
+        let _ = fs::remove_dir_all(&root);
+        assert_eq!(s.edits.added.len(), 1);
+        assert_eq!(s.edits.removed[0].to_string(), "10.30.0.0/24");
+        assert!(s.options.added.is_empty() && s.options.removed.is_empty());
+    }
+}

@@ -167,7 +167,13 @@ fn end_to_end(variant: Variant, hook: Option<&str>) {
                     .find(|e| e["name"].as_str() == Some(p.host.name.as_str()))
             })
             .unwrap_or_else(|| panic!("port {} not in status: {status:#}", p.host.name));
-        let mode = entry["mode"].as_str().unwrap_or("?");
+        let mode = entry["hook"].as_str().unwrap_or("?");
+        if entry["mode"] != "enforce" || entry["guarded"] != true {
+            problems.push(format!(
+                "port {} not guarded and enforcing: {entry}",
+                p.host.name
+            ));
+        }
         if !modes.contains(&mode) {
             problems.push(format!(
                 "port {} hooked as {mode}, wanted one of {modes:?}",

@@ -266,6 +266,15 @@ pub fn save_bridge(path: &Path, bridge: &str, options: &Options) -> Result<(), C
     let mut doc: DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| err(format!("not TOML: {}", e.message())))?;
+    // In a file of comments only, toml_edit holds them as the document's trailing text, which
+    // would end up below a first table: keep them above it.
+    let leading = if doc.as_table().is_empty() {
+        let t = doc.trailing().as_str().unwrap_or_default().to_owned();
+        doc.set_trailing("");
+        t
+    } else {
+        String::new()
+    };
     let strings = |v: &mut dyn Iterator<Item = String>| {
         let mut a = Array::new();
         for s in v {
@@ -274,6 +283,9 @@ pub fn save_bridge(path: &Path, bridge: &str, options: &Options) -> Result<(), C
         value(a)
     };
     let mut t = Table::new();
+    if !leading.is_empty() {
+        t.decor_mut().set_prefix(leading);
+    }
     t["name"] = value(bridge);
     t["hook"] = value(if options.hook.is_empty() {
         "xdp"

@@ -198,6 +198,38 @@ fn item1_live_edits_survive_reconcile_restart_and_reattach() {
     edits_in_force("after a re-attach with other options");
     assert!(state(&loc).options.strict_mac, "the new options apply");
 
+    // `rules save` writes them into the configuration file; they become the options.
+    let dir = std::env::temp_dir().join(format!("guard-cp-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = dir.join("guard.toml");
+    std::fs::write(&cfg, "# site configuration\n").expect("config");
+    let cfg_arg = cfg.to_str().expect("utf-8");
+    gctl.ok(
+        Some(&host),
+        &["rules", "save", addr::BRIDGE, "--config", cfg_arg],
+    )
+    .expect("rules save");
+    let text = std::fs::read_to_string(&cfg).expect("read the saved file");
+    let saved = guard::config::load(&cfg).expect("the saved file is valid");
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = saved.bridge(addr::BRIDGE).expect("br-guest saved");
+    assert!(text.starts_with("# site configuration"), "{text}");
+    assert!(
+        o.allow
+            .iter()
+            .any(|r| r.net == net("10.20.0.5/32") && r.class == "portal")
+            && o.protect.iter().any(|r| r.net == net("10.99.0.0/16")),
+        "{text}"
+    );
+    assert!(o.discovers() && o.strict_mac, "{text}");
+    let s = state(&loc);
+    assert!(
+        s.edits.is_empty(),
+        "the edits moved into the options: {:?}",
+        s.edits
+    );
+    edits_in_force("after rules save");
+
     let help = gctl.ok(None, &["rules", "--help"]).expect("rules --help");
     assert!(
         help.contains("Live edits last") && help.contains("rules save"),

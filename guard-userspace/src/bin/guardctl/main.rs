@@ -147,7 +147,9 @@ fn real_main(cli: &Cli) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man => {
+            // Section 8: system administration commands (it needs root).
             clap_mangen::Man::new(command())
+                .section("8")
                 .render(&mut std::io::stdout())
                 .context("writing the man page")?;
             return Ok(ExitCode::SUCCESS);

@@ -170,6 +170,23 @@ impl Programs {
     }
 }
 
+impl Programs {
+    /// The programs pinned for `loc`.
+    fn from_pins(loc: &Location) -> Result<Self> {
+        let xdp = Xdp::from_pin(
+            loc.prog_pin("xdp"),
+            aya_obj::programs::XdpAttachType::Interface,
+        )
+        .map_err(|e| GuardError::program(program_names::XDP, e))?;
+        let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
+            .map_err(|e| GuardError::program(program_names::TC, e))?;
+        Ok(Self::Pinned {
+            xdp: Box::new(xdp),
+            tc: Box::new(tc),
+        })
+    }
+}
+
 fn missing() -> ProgramError {
     ProgramError::UnexpectedProgramType
 }
@@ -199,35 +216,34 @@ pub struct Changes {
 
 impl Guard {
     /// Loads (or reuses) the programs and maps for `loc`, whose state (if any) is `old_state`.
-    /// Does not hook anything yet. The caller holds the bridge's lock.
-    fn open(loc: &Location, object: &[u8], old_state: Option<State>) -> Result<(Self, bool)> {
+    /// The pinned programs are reused when they came from `object`, or, with `keep_pinned`,
+    /// whatever build they came from (only an attach replaces programs: a `rules` edit made
+    /// with another build must not swap them). Does not hook anything yet. The caller holds
+    /// the bridge's lock.
+    fn open(
+        loc: &Location,
+        object: &[u8],
+        old_state: Option<State>,
+        keep_pinned: bool,
+    ) -> Result<(Self, bool)> {
         let existed = loc.is_attached();
         let pin_dir = loc.pin_dir();
         fs::create_dir_all(&pin_dir).map_err(|source| GuardError::Bpffs {
             path: pin_dir.clone(),
             source,
         })?;
-        let id = object_id(object);
-        let reuse_progs = old_state.as_ref().is_some_and(|s| s.object_id == id)
+        let mut id = object_id(object);
+        let reuse_progs = old_state
+            .as_ref()
+            .is_some_and(|s| keep_pinned || s.object_id == id)
             && loc.prog_pin("xdp").exists()
             && loc.prog_pin("tc").exists();
+        if reuse_progs && let Some(s) = &old_state {
+            id.clone_from(&s.object_id);
+        }
         let result = (|| {
             if reuse_progs {
-                let maps = GuardMaps::open(loc)?;
-                let xdp = Xdp::from_pin(
-                    loc.prog_pin("xdp"),
-                    aya_obj::programs::XdpAttachType::Interface,
-                )
-                .map_err(|e| GuardError::program(program_names::XDP, e))?;
-                let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
-                    .map_err(|e| GuardError::program(program_names::TC, e))?;
-                return Ok((
-                    maps,
-                    Programs::Pinned {
-                        xdp: Box::new(xdp),
-                        tc: Box::new(tc),
-                    },
-                ));
+                return Ok((GuardMaps::open(loc)?, Programs::from_pins(loc)?));
             }
             let mut loader = EbpfLoader::new();
             let paths: Vec<_> = map_names::ALL
@@ -310,7 +326,7 @@ impl Guard {
             .map(|s| s.edits.clone())
             .unwrap_or_default();
         let policy = Policy::build(&options, &edits, discovery)?;
-        let (mut guard, existed) = Self::open(loc, object, old_state)?;
+        let (mut guard, existed) = Self::open(loc, object, old_state, false)?;
         guard.state.options = options;
         guard.state.detaching = false;
         let changes = guard.reconcile_with(discovery, Ok(policy));
@@ -336,8 +352,8 @@ impl Guard {
         Ok((guard, changes))
     }
 
-    /// Opens an attached bridge (for the agent, `rules`, ...), reusing the pinned programs if
-    /// they came from this build, else loading new ones (swapped in by the next reconcile).
+    /// Opens an attached bridge (for `rules`, ...) with the programs pinned for it, whatever
+    /// build they came from: only an attach replaces programs.
     pub fn adopt(loc: &Location, object: &[u8]) -> Result<Self> {
         check_bpffs_visible(loc.run_root())?;
         let _lock = loc.lock()?;
@@ -345,7 +361,7 @@ impl Guard {
             Some(s) if loc.is_attached() && !s.detaching => s,
             _ => return Err(GuardError::NotAttached(loc.bridge.clone())),
         };
-        let (guard, _) = Self::open(loc, object, Some(state))?;
+        let (guard, _) = Self::open(loc, object, Some(state), true)?;
         Ok(guard)
     }
 
@@ -364,7 +380,15 @@ impl Guard {
             Some(s) if self.loc.is_attached() && !s.detaching => s,
             _ => return Err(GuardError::NotAttached(self.loc.bridge.clone())),
         };
-        self.state.object_id.clone_from(&self.object_id);
+        if self.state.object_id != self.object_id
+            && self.loc.prog_pin("xdp").exists()
+            && self.loc.prog_pin("tc").exists()
+        {
+            // An attach of another build replaced the programs since we opened them (an
+            // upgrade while the agent runs): use those rather than swap ours back in.
+            self.progs = Programs::from_pins(&self.loc)?;
+            self.object_id.clone_from(&self.state.object_id);
+        }
         edit(&mut self.state)?;
         let policy = Policy::build(&self.state.options, &self.state.edits, discovery);
         let changes = self.reconcile_with(discovery, policy);

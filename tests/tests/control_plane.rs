@@ -1051,6 +1051,77 @@ fn agent_latency_under_fdb_learning() {
     finish(lab, pins);
 }
 
+/// Program ids on the ports' guard links, as `status --json` reports them.
+fn link_programs(gctl: &Guardctl, host: &str) -> BTreeSet<u64> {
+    let st = gctl.status(host, addr::BRIDGE).expect("status");
+    st["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["program_id"].as_u64())
+        .collect()
+}
+
+/// An attach made by another build while the agent runs (an upgrade) is not undone by the
+/// agent's next reconcile: it keeps the newer programs instead of swapping its own back in.
+#[test]
+fn agent_keeps_the_programs_of_a_later_attach() {
+    let _serial = serial();
+    let gctl = require_root();
+    let (lab, host, pins, loc) = lab();
+    let host_ns = lab.netns(Role::Host);
+    let _agent = Agent::start(&gctl, &host, addr::BRIDGE, &[]);
+    let ours = link_programs(&gctl, &host);
+    // Another build: the same object with one more byte (another object id, so its programs
+    // are loaded anew and swapped into every link).
+    let mut other = embedded_object().to_vec();
+    other.push(0);
+    let options = state(&loc).options;
+    let found = discover_in(host_ns);
+    host_ns
+        .run(|| {
+            Guard::attach(&loc, options, &found, &other)?;
+            Ok(())
+        })
+        .expect("attach the other build");
+    let theirs = link_programs(&gctl, &host);
+    assert!(
+        theirs.len() == 1 && theirs != ours,
+        "control: {ours:?} -> {theirs:?}"
+    );
+    host_ns
+        .ip(&["address", "add", "10.31.0.1/24", "dev", addr_dev(&lab)])
+        .expect("add an address");
+    poll(Duration::from_secs(5), || {
+        kernel_rules(&loc)
+            .contains_key(&net("10.31.0.0/24"))
+            .then_some(())
+    })
+    .expect("the agent reconciles");
+    assert_eq!(
+        link_programs(&gctl, &host),
+        theirs,
+        "the agent swapped its programs back"
+    );
+    gctl.ok(Some(&host), &["detach", addr::BRIDGE])
+        .expect("detach");
+    finish(lab, pins);
+}
+
+/// A discovery of the lab bridge in `host`.
+fn discover_in(host: &NetNs) -> Discovery {
+    host.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let h = guard::discovery::connect()?;
+            Ok(guard::discovery::discover(&h, addr::BRIDGE).await?)
+        })
+    })
+    .expect("discover the lab bridge")
+}
+
 // ---------------------------------------------------------------------------------------------
 // The randomised interleaving.
 
@@ -1063,18 +1134,7 @@ struct Model {
 
 /// The desired state recomputed from a fresh discovery in `host`.
 fn desired(host: &NetNs, s: &State) -> Policy {
-    let (options, edits) = (s.options.clone(), s.edits.clone());
-    host.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let h = guard::discovery::connect()?;
-            let d = guard::discovery::discover(&h, addr::BRIDGE).await?;
-            Ok(Policy::build(&options, &edits, &d)?)
-        })
-    })
-    .expect("discover and build the desired policy")
+    Policy::build(&s.options, &s.edits, &discover_in(host)).expect("build the desired policy")
 }
 
 /// The bridge's ports now.

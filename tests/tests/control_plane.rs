@@ -795,6 +795,14 @@ fn item8_exit_codes_and_wording() {
             &["rules", "del", addr::BRIDGE, "fd00::/129"][..],
             "too long for IPv6",
         ),
+        (
+            &["rules", "add", addr::BRIDGE][..],
+            "--protect <CIDR[=CLASS]>|--allow <CIDR[=CLASS]>",
+        ),
+        (
+            &["stats", "--watch=0", addr::BRIDGE][..],
+            "is not a positive number of seconds",
+        ),
     ] {
         let (code, _, err) = run(g(args));
         assert_eq!(code, 64, "{args:?}: {err}");

@@ -133,10 +133,12 @@ pub fn attach_with(cli: &Cli, a: &AttachArgs, found: &Discovery) -> Result<(Guar
     report_failures(&a.bridge, &changes);
     if !guard.state.edits.is_empty() {
         eprintln!(
-            "guardctl: {}: {} live rule edit(s) kept (`guardctl rules list`; `rules reset` \
+            "guardctl: {}: {} live rule edit(s) kept (`{} rules list {}`; `rules reset` \
              drops them, `rules save` writes them to the configuration file)",
             a.bridge,
-            guard.state.edits.added.len() + guard.state.edits.removed.len()
+            guard.state.edits.added.len() + guard.state.edits.removed.len(),
+            output::guardctl_for(cli.netns.as_deref()),
+            a.bridge
         );
     }
     Ok((guard, changes))

@@ -43,7 +43,7 @@ pub struct EventsArgs {
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Stop after SECS seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::positive_secs)]
     pub timeout: Option<f64>,
 }
 

@@ -81,6 +81,15 @@ enum Command {
     Man,
 }
 
+/// A positive, finite number of seconds (`--watch=SECS`, `--interval`, `--timeout`): anything
+/// else is a usage error.
+pub fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
 impl Cli {
     fn location(&self, bridge: &str) -> Location {
         Location::new(self.netns.as_deref(), bridge)

@@ -375,10 +375,12 @@ pub fn describe(v: &StatusView) -> String {
         if let Some(f) = &p.failure {
             let _ = writeln!(s, "    not hooked: {f}");
         } else if !p.guarded && p.hook.is_none() && v.attached {
+            let gc = guardctl_for(v.netns.as_deref());
             let _ = writeln!(
                 s,
                 "    not hooked: it joined after the attach and no agent hooked it \
-                 (`guardctl attach` or `guardctl run`)"
+                 (`{gc} attach {b}` or `{gc} run {b}`)",
+                b = v.bridge
             );
         } else if !p.guarded && v.attached {
             let _ = writeln!(s, "    no guard program on its hook in the kernel");
@@ -417,6 +419,16 @@ pub fn describe(v: &StatusView) -> String {
         v.health.exit_code()
     );
     s
+}
+
+/// `guardctl`, with `--netns NS` when the bridge is in a named namespace: how hints name a
+/// command the operator can type as shown.
+#[must_use]
+pub fn guardctl_for(netns: Option<&str>) -> String {
+    netns.map_or_else(
+        || "guardctl".to_owned(),
+        |n| format!("guardctl --netns {n}"),
+    )
 }
 
 fn prefix_line(r: &PrefixView) -> String {

@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use guard::{
     attach::{Guard, embedded_object},
@@ -40,6 +40,7 @@ enum RulesCommand {
     /// Add protected or allowed prefixes, live and kept (see below). A prefix whose rule in
     /// force has the other action is refused unless --replace. To narrow a protected range
     /// safely, add an allow hole: it is in place before anything else changes.
+    #[command(group(clap::ArgGroup::new("rules").required(true).multiple(true).args(["protect", "allow"])))]
     Add {
         bridge: String,
         /// Protect CIDR; without a class, a prefix already protected keeps its class.
@@ -103,9 +104,6 @@ pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
             allow,
             replace,
         } => {
-            if protect.is_empty() && allow.is_empty() {
-                bail!("nothing to add: give --protect or --allow");
-            }
             let new: Vec<(RuleArg, Action)> = protect
                 .iter()
                 .map(|r| (r.clone(), Action::Deny))

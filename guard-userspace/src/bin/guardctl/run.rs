@@ -508,6 +508,7 @@ async fn exit(
     me: Option<AgentRecord>,
 ) -> ExitCode {
     let b = out.bridge;
+    let gc = output::guardctl_for(loc.netns.as_deref());
     let state = modify_state(loc, |s| {
         if s.agent == me {
             s.agent = None;
@@ -534,7 +535,7 @@ async fn exit(
                     guarded > 0,
                     format!(
                         "agent exiting; {b} is only partly protected: {guarded} of {total} \
-                         port(s) guarded (`guardctl status {b}`)"
+                         port(s) guarded (`{gc} status {b}`)"
                     ),
                 )
             } else {
@@ -547,7 +548,7 @@ async fn exit(
                     true,
                     format!(
                         "agent exiting; {b} stays protected: {guarded} of {total} port(s) \
-                         guarded{mode}, pinned in the kernel (guardctl detach {b} removes \
+                         guarded{mode}, pinned in the kernel ({gc} detach {b} removes \
                          it); ports that join from now on are not guarded until the agent \
                          runs again"
                     ),

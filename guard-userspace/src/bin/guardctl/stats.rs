@@ -22,7 +22,8 @@ pub struct StatsArgs {
         value_name = "SECS",
         num_args = 0..=1,
         require_equals = true,
-        default_missing_value = "1"
+        default_missing_value = "1",
+        value_parser = crate::positive_secs
     )]
     pub watch: Option<f64>,
 }
@@ -126,9 +127,6 @@ pub async fn run(cli: &Cli, a: &StatsArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    if !(secs.is_finite() && secs > 0.0) {
-        anyhow::bail!("--watch needs a positive number of seconds, not {secs}");
-    }
     let mut prev: Option<Flat> = None;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(secs));
     loop {

@@ -33,7 +33,7 @@ pub struct TopArgs {
     /// The bridge (default: the only attached bridge in scope).
     pub bridge: Option<String>,
     /// Seconds between counter refreshes.
-    #[arg(long, value_name = "SECS", default_value_t = 0.5)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.5, value_parser = crate::positive_secs)]
     pub interval: f64,
 }
 
@@ -269,9 +269,6 @@ fn bold() -> Style {
 }
 
 pub async fn run(cli: &Cli, a: &TopArgs) -> Result<ExitCode> {
-    if !(a.interval.is_finite() && a.interval > 0.0) {
-        anyhow::bail!("--interval needs a positive number of seconds");
-    }
     let crate::events::Opened {
         loc,
         state,

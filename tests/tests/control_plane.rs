@@ -849,6 +849,27 @@ fn item8_exit_codes_and_wording() {
     finish(lab, pins);
 }
 
+/// `--version` names the embedded eBPF object; completions and the man page come from clap.
+#[test]
+fn version_completions_and_man_page() {
+    let gctl = Guardctl::locate().expect("locate guardctl");
+    let id = guard::attach::object_id(embedded_object());
+    let v = gctl.ok(None, &["--version"]).expect("--version");
+    assert!(v.contains(&format!("eBPF object {id}")), "{v}");
+    for shell in ["bash", "zsh", "fish"] {
+        let c = gctl.ok(None, &["completions", shell]).expect("completions");
+        assert!(
+            c.contains("guardctl") && c.contains("rules"),
+            "{shell}: {c}"
+        );
+    }
+    let man = gctl.ok(None, &["man"]).expect("man");
+    assert!(
+        man.contains(".TH guardctl 8") && man.contains("netns"),
+        "{man}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issue 11: per-item reconcile, bounded latency.
 

@@ -571,3 +571,76 @@ async fn exit(
     });
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::{
+        address::AddressMessage, link::LinkMessage, route::RouteMessage,
+    };
+
+    fn msg(m: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+        NetlinkMessage::from(m)
+    }
+
+    fn neigh(family: AddressFamily, state: NeighbourState) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.family = family;
+        n.header.state = state;
+        n
+    }
+
+    #[test]
+    fn only_events_guard_derives_from_are_relevant() {
+        let fdb = |state| {
+            msg(RouteNetlinkMessage::NewNeighbour(neigh(
+                AddressFamily::Bridge,
+                state,
+            )))
+        };
+        // A learned FDB entry (what a busy bridge makes hundreds of per second): irrelevant.
+        assert!(!relevant(&fdb(NeighbourState::Reachable)));
+        assert!(!relevant(&fdb(NeighbourState::Stale)));
+        // A local (permanent) FDB entry is a host MAC.
+        assert!(relevant(&fdb(NeighbourState::Permanent)));
+        assert!(relevant(&msg(RouteNetlinkMessage::DelNeighbour(neigh(
+            AddressFamily::Bridge,
+            NeighbourState::Permanent
+        )))));
+        // ARP and NDP entries: irrelevant.
+        assert!(!relevant(&msg(RouteNetlinkMessage::NewNeighbour(neigh(
+            AddressFamily::Inet,
+            NeighbourState::Permanent
+        )))));
+        for m in [
+            RouteNetlinkMessage::NewLink(LinkMessage::default()),
+            RouteNetlinkMessage::DelLink(LinkMessage::default()),
+            RouteNetlinkMessage::NewAddress(AddressMessage::default()),
+            RouteNetlinkMessage::DelAddress(AddressMessage::default()),
+            RouteNetlinkMessage::NewRoute(RouteMessage::default()),
+            RouteNetlinkMessage::DelRoute(RouteMessage::default()),
+        ] {
+            assert!(relevant(&msg(m.clone())), "{m:?}");
+        }
+        let overrun: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::new(
+            rtnetlink::packet_core::NetlinkHeader::default(),
+            NetlinkPayload::Overrun(Vec::new()),
+        );
+        assert!(relevant(&overrun), "an overrun needs a full reconcile");
+    }
+
+    #[test]
+    fn a_burst_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        assert!(p.due().is_none());
+        p.note(t0);
+        assert_eq!(p.due(), Some(t0 + SETTLE));
+        // Relevant events every 2 ms for a second: the reconcile is still due MAX_DELAY after
+        // the first.
+        for i in 1..500 {
+            p.note(t0 + Duration::from_millis(2 * i));
+        }
+        assert_eq!(p.due(), Some(t0 + MAX_DELAY));
+    }
+}

@@ -803,28 +803,32 @@ impl Guard {
         }
     }
 
+    /// Pins freshly loaded programs (replacing the pins of older ones), then holds them
+    /// through their pins: pinned once, they are never pinned again by this process.
     fn pin_programs(&mut self) -> Result<()> {
         if matches!(self.progs, Programs::Pinned { .. }) {
             return Ok(());
         }
-        for (hook, name) in [("xdp", program_names::XDP), ("tc", program_names::TC)] {
+        for hook in ["xdp", "tc"] {
             let path = self.loc.prog_pin(hook);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(GuardError::Bpffs { path, source }),
-            }
+            // Pin beside, then rename over the old pin: a reader (`status` takes no lock)
+            // never finds the pin missing. bpffs directories implement rename
+            // (kernel/bpf/inode.c, bpf_dir_iops); names with a dot are refused there
+            // (bpf_lookup), hence `_new`.
+            let new = self.loc.prog_pin(&format!("{hook}_new"));
+            let _ = fs::remove_file(&new);
             let res = if hook == "xdp" {
-                self.progs.xdp()?.pin(&path)
+                self.progs.xdp()?.pin(&new)
             } else {
-                self.progs.tc()?.pin(&path)
+                self.progs.tc()?.pin(&new)
             };
             res.map_err(|e| GuardError::Pin {
-                path: path.clone(),
+                path: new.clone(),
                 source: Box::new(e),
             })?;
-            let _ = name;
+            fs::rename(&new, &path).map_err(|source| GuardError::Bpffs { path, source })?;
         }
+        self.progs = Programs::from_pins(&self.loc)?;
         Ok(())
     }
 

@@ -406,20 +406,25 @@ async fn follow(
             () = tokio::time::sleep_until(wake), if due.is_some() => true,
             _ = resync.tick() => true,
             _ = hup.recv() => {
+                // A reload is a reconcile; after a failed one, reconcile anyway (a detach
+                // shows there, and ends the agent).
                 match reload(guard, a).await {
                     Ok(changes) => {
                         out.say("reloaded", "re-read the configuration".to_owned());
                         out.changes(&changes, &guard.state);
+                        false
                     }
-                    Err(e) => out.emit(AgentEvent {
-                        event: "failed",
-                        item: Some("configuration".to_owned()),
-                        error: Some(format!("{e:#}")),
-                        message: format!("reloading the configuration: {e:#}"),
-                        ..AgentEvent::default()
-                    }),
+                    Err(e) => {
+                        out.emit(AgentEvent {
+                            event: "failed",
+                            item: Some("configuration".to_owned()),
+                            error: Some(format!("{e:#}")),
+                            message: format!("reloading the configuration: {e:#}"),
+                            ..AgentEvent::default()
+                        });
+                        true
+                    }
                 }
-                true
             }
             _ = term.recv() => break Stop::Signal,
             _ = int.recv() => break Stop::Signal,

@@ -35,9 +35,9 @@ use crate::{
     error::{GuardError, Result},
     layout,
     maps::GuardMaps,
-    pins::{Location, ensure_bpffs},
+    pins::{Location, check_bpffs_visible, ensure_bpffs},
     policy::Policy,
-    state::{HookMode, Options, PortState, State, now},
+    state::{Failure, HookMode, Item, Options, PortState, State, now},
 };
 
 /// Priority and handle of guard's `cls_bpf` filter in `--hook tc` mode (fixed, so a later
@@ -82,6 +82,25 @@ impl Hook {
             Self::Tcx => &[HookMode::Tcx, HookMode::Tc],
             Self::Tc => &[HookMode::Tc],
         }
+    }
+}
+
+impl std::str::FromStr for Hook {
+    type Err = GuardError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Xdp => "xdp",
+            Self::XdpGeneric => "xdp-generic",
+            Self::Tc => "tc",
+            Self::Tcx => "tcx",
+        })
     }
 }
 
@@ -131,12 +150,8 @@ enum Programs {
     },
 }
 
-/// The pin names of the programs (`prog_<name>`) and their names in the object.
-const PROGRAM_PINS: [(&str, &str); 3] = [
-    ("xdp", program_names::XDP),
-    ("tc", program_names::TC),
-    ("bridge", program_names::BRIDGE),
-];
+/// The pin names of the programs (`prog_<name>`).
+const PROGRAM_PINS: [&str; 3] = ["xdp", "tc", "bridge"];
 
 impl Programs {
     fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -152,11 +167,7 @@ impl Programs {
 
     /// A TC program: the bridge device's backstop, or a port's.
     fn tc_for(&mut self, is_bridge: bool) -> Result<&mut SchedClassifier> {
-        let name = if is_bridge {
-            program_names::BRIDGE
-        } else {
-            program_names::TC
-        };
+        let name = tc_name(is_bridge);
         match self {
             Self::Loaded(ebpf) => ebpf
                 .program_mut(name)
@@ -169,6 +180,40 @@ impl Programs {
     }
 }
 
+const fn tc_name(is_bridge: bool) -> &'static str {
+    if is_bridge {
+        program_names::BRIDGE
+    } else {
+        program_names::TC
+    }
+}
+
+impl Programs {
+    /// The programs pinned for `loc`.
+    fn from_pins(loc: &Location) -> Result<Self> {
+        let xdp = Xdp::from_pin(
+            loc.prog_pin("xdp"),
+            aya_obj::programs::XdpAttachType::Interface,
+        )
+        .map_err(|e| GuardError::program(program_names::XDP, e))?;
+        let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
+            .map_err(|e| GuardError::program(program_names::TC, e))?;
+        let bridge = SchedClassifier::from_pin(loc.prog_pin("bridge"))
+            .map_err(|e| GuardError::program(program_names::BRIDGE, e))?;
+        Ok(Self::Pinned {
+            xdp: Box::new(xdp),
+            tc: Box::new(tc),
+            bridge: Box::new(bridge),
+        })
+    }
+
+    /// Are all the programs pinned for `loc`? (A bridge attached by a build without one of
+    /// them gets this build's programs.)
+    fn all_pinned(loc: &Location) -> bool {
+        PROGRAM_PINS.iter().all(|p| loc.prog_pin(p).exists())
+    }
+}
+
 fn missing() -> ProgramError {
     ProgramError::UnexpectedProgramType
 }
@@ -176,60 +221,59 @@ fn missing() -> ProgramError {
 /// An attached (or being attached) bridge.
 pub struct Guard {
     pub loc: Location,
+    /// The state as of the last change this process made or read (the file is the truth:
+    /// [`Guard::update`] re-reads it under the lock before every change).
     pub state: State,
     pub maps: GuardMaps,
     progs: Programs,
+    /// [`object_id`] of the programs held.
+    object_id: String,
     /// Maps this load replaced because their layout changed (see `layout`): promoted to their
-    /// pins once the new programs run on every hook.
+    /// pins once the new programs run on the hooks.
     upgrade: Option<layout::Plan>,
 }
 
-/// What a reconcile changed, for the caller to print.
+/// What a reconcile changed, and what it could not apply, for the caller to print.
 #[derive(Debug, Default)]
 pub struct Changes {
     pub hooked: Vec<(String, HookMode, Option<String>)>,
     pub unhooked: Vec<String>,
     pub rule_writes: usize,
     pub macs_changed: bool,
+    /// Items that failed; every other item was still applied.
+    pub failures: Vec<(Item, GuardError)>,
 }
 
 impl Guard {
-    /// Loads (or reuses) the programs and maps for `loc`. Does not hook anything yet.
-    fn open_for_attach(loc: &Location, object: &[u8]) -> Result<(Self, bool)> {
-        ensure_bpffs()?;
+    /// Loads (or reuses) the programs and maps for `loc`, whose state (if any) is `old_state`.
+    /// The pinned programs are reused when they came from `object`, or, with `keep_pinned`,
+    /// whatever build they came from (only an attach replaces programs: a `rules` edit made
+    /// with another build must not swap them). Does not hook anything yet. The caller holds
+    /// the bridge's lock.
+    fn open(
+        loc: &Location,
+        object: &[u8],
+        old_state: Option<State>,
+        keep_pinned: bool,
+    ) -> Result<(Self, bool)> {
         let existed = loc.is_attached();
-        let old_state = if existed { State::load(loc)? } else { None };
         let pin_dir = loc.pin_dir();
         fs::create_dir_all(&pin_dir).map_err(|source| GuardError::Bpffs {
             path: pin_dir.clone(),
             source,
         })?;
-        let id = object_id(object);
-        let reuse_progs = old_state.as_ref().is_some_and(|s| s.object_id == id)
-            && PROGRAM_PINS
-                .iter()
-                .all(|(pin, _)| loc.prog_pin(pin).exists());
+        let mut id = object_id(object);
+        let reuse_progs = old_state
+            .as_ref()
+            .is_some_and(|s| keep_pinned || s.object_id == id)
+            && Programs::all_pinned(loc);
+        if reuse_progs && let Some(s) = &old_state {
+            id.clone_from(&s.object_id);
+        }
         let mut upgrade = None;
         let result = (|| {
             if reuse_progs {
-                let maps = GuardMaps::open(loc)?;
-                let xdp = Xdp::from_pin(
-                    loc.prog_pin("xdp"),
-                    aya_obj::programs::XdpAttachType::Interface,
-                )
-                .map_err(|e| GuardError::program(program_names::XDP, e))?;
-                let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
-                    .map_err(|e| GuardError::program(program_names::TC, e))?;
-                let bridge = SchedClassifier::from_pin(loc.prog_pin("bridge"))
-                    .map_err(|e| GuardError::program(program_names::BRIDGE, e))?;
-                return Ok((
-                    maps,
-                    Programs::Pinned {
-                        xdp: Box::new(xdp),
-                        tc: Box::new(tc),
-                        bridge: Box::new(bridge),
-                    },
-                ));
+                return Ok((GuardMaps::open(loc)?, Programs::from_pins(loc)?));
             }
             let mut loader = EbpfLoader::new();
             let plan = layout::plan(loc, object)?;
@@ -253,14 +297,10 @@ impl Guard {
                 .load()
                 .map_err(|e| GuardError::program(program_names::XDP, e))?;
             for is_bridge in [false, true] {
-                progs.tc_for(is_bridge)?.load().map_err(|e| {
-                    let name = if is_bridge {
-                        program_names::BRIDGE
-                    } else {
-                        program_names::TC
-                    };
-                    GuardError::program(name, e)
-                })?;
+                progs
+                    .tc_for(is_bridge)?
+                    .load()
+                    .map_err(|e| GuardError::program(tc_name(is_bridge), e))?;
             }
             Ok((maps, progs))
         })();
@@ -287,13 +327,20 @@ impl Guard {
             state,
             maps,
             progs,
+            object_id: id.clone(),
             upgrade,
         };
         guard.state.object_id = id;
         Ok((guard, existed))
     }
 
-    /// `guardctl attach`: attach or re-attach `loc.bridge` with `options`.
+    /// `guardctl attach`: attach or re-attach `loc.bridge` with `options`. The options replace
+    /// those of an earlier attach; live edits stay (see `state`).
+    ///
+    /// Every item is applied on its own (see [`Changes::failures`]). A first attach whose
+    /// global config, host MAC set or policy cannot be applied, or that hooks no port at all,
+    /// is rolled back and returns that error; a port that refuses every hook is reported and
+    /// the others stay guarded.
     pub fn attach(
         loc: &Location,
         options: Options,
@@ -303,54 +350,91 @@ impl Guard {
         check_privileges()?;
         // Validate everything that can be validated before touching the kernel.
         Hook::parse(&options.hook)?;
-        let policy = Policy::build(&options, discovery)?;
         for m in &options.extra_macs {
             parse_mac(m)
                 .ok_or_else(|| GuardError::Policy(format!("{m:?} is not a MAC address")))?;
         }
-        let (mut guard, existed) = Self::open_for_attach(loc, object)?;
+        ensure_bpffs(loc.run_root())?;
+        let _lock = loc.lock()?;
+        let old_state = if loc.is_attached() {
+            State::load(loc)?
+        } else {
+            None
+        };
+        let edits = old_state
+            .as_ref()
+            .map(|s| s.edits.clone())
+            .unwrap_or_default();
+        let policy = Policy::build(&options, &edits, discovery)?;
+        let (mut guard, existed) = Self::open(loc, object, old_state, false)?;
         guard.state.options = options;
-        let result = guard
-            .reconcile_with(discovery, &policy)
-            .and_then(|changes| {
-                guard
-                    .pin_programs()
-                    .and_then(|()| guard.save())
-                    .map(|()| changes)
+        guard.state.detaching = false;
+        let changes = guard.reconcile_with(discovery, Ok(policy));
+        let fatal = changes
+            .failures
+            .iter()
+            .position(|(item, _)| !matches!(item, Item::Port { .. }))
+            .or_else(|| {
+                (guard.state.ports.is_empty() && !changes.failures.is_empty()).then_some(0)
             });
-        match result {
-            Ok(changes) => Ok((guard, changes)),
-            Err(e) => {
-                if existed {
-                    guard.abandon_upgrade();
-                } else {
-                    guard.teardown();
-                }
-                Err(e)
-            }
+        if let (Some(i), false) = (fatal, existed) {
+            let mut changes = changes;
+            let (_, e) = changes.failures.swap_remove(i);
+            guard.teardown();
+            return Err(e);
         }
+        if let Err(e) = guard.pin_programs().and_then(|()| guard.save()) {
+            if existed {
+                guard.abandon_upgrade();
+            } else {
+                guard.teardown();
+            }
+            return Err(e);
+        }
+        Ok((guard, changes))
     }
 
-    /// Opens an attached bridge (for the agent restarting, `rules`, ...), reusing the pinned
-    /// programs if they came from this build, else loading and swapping in the new ones.
+    /// Opens an attached bridge (for `rules`, ...) with the programs pinned for it, whatever
+    /// build they came from: only an attach replaces programs.
     pub fn adopt(loc: &Location, object: &[u8]) -> Result<Self> {
-        if !loc.is_attached() {
-            return Err(GuardError::NotAttached(loc.bridge.clone()));
-        }
-        let (guard, _) = Self::open_for_attach(loc, object)?;
+        check_bpffs_visible(loc.run_root())?;
+        let _lock = loc.lock()?;
+        let state = match State::load(loc)? {
+            Some(s) if loc.is_attached() && !s.detaching => s,
+            _ => return Err(GuardError::NotAttached(loc.bridge.clone())),
+        };
+        let (guard, _) = Self::open(loc, object, Some(state), true)?;
         Ok(guard)
     }
 
-    /// Brings maps and hooks in line with `discovery` and the stored options.
-    pub fn reconcile(&mut self, discovery: &Discovery) -> Result<Changes> {
-        let policy = Policy::build(&self.state.options, discovery)?;
-        let changes = self
-            .reconcile_with(discovery, &policy)
-            .and_then(|changes| self.pin_programs().map(|()| changes));
-        if changes.is_err() {
-            self.abandon_upgrade();
+    /// The one way every verb and the agent change an attached bridge: under the bridge's
+    /// lock, re-read the state (so a change someone else made in between is kept, never
+    /// overwritten), let `edit` change it, then bring maps and hooks in line with it and
+    /// `discovery`, and save it. Fails without changing anything when the bridge is no longer
+    /// attached (or is being detached), or when `edit` fails.
+    pub fn update(
+        &mut self,
+        discovery: &Discovery,
+        edit: impl FnOnce(&mut State) -> Result<()>,
+    ) -> Result<Changes> {
+        let _lock = self.loc.lock()?;
+        self.state = match State::load(&self.loc)? {
+            Some(s) if self.loc.is_attached() && !s.detaching => s,
+            _ => return Err(GuardError::NotAttached(self.loc.bridge.clone())),
+        };
+        if self.state.object_id != self.object_id && Programs::all_pinned(&self.loc) {
+            // An attach of another build replaced the programs since we opened them (an
+            // upgrade while the agent runs): use those rather than swap ours back in.
+            self.progs = Programs::from_pins(&self.loc)?;
+            self.object_id.clone_from(&self.state.object_id);
         }
-        let changes = changes?;
+        edit(&mut self.state)?;
+        let policy = Policy::build(&self.state.options, &self.state.edits, discovery);
+        let changes = self.reconcile_with(discovery, policy);
+        if let Err(e) = self.pin_programs() {
+            self.abandon_upgrade();
+            return Err(e);
+        }
         self.save()?;
         Ok(changes)
     }
@@ -362,124 +446,96 @@ impl Guard {
         }
     }
 
-    fn reconcile_with(&mut self, discovery: &Discovery, policy: &Policy) -> Result<Changes> {
+    /// Brings the maps and hooks in line with the state and `discovery`, one item at a time
+    /// (global config, host MACs, policy, then each port): an item that fails leaves what
+    /// was in force for it, is reported in [`Changes::failures`] and in the state, and the
+    /// next items still run.
+    fn reconcile_with(&mut self, discovery: &Discovery, policy: Result<Policy>) -> Changes {
         let mut changes = Changes::default();
-        let o = self.state.options.clone();
-        let hook = Hook::parse(&o.hook)?;
-
-        self.set_config(discovery)?;
-
-        // Host MACs: discovered plus configured.
-        let mut macs: BTreeMap<Mac, String> = discovery
-            .host_macs
+        if let Err(e) = self.apply_global_config(discovery) {
+            changes.failures.push((Item::GlobalConfig, e));
+        }
+        match self.apply_host_macs(discovery) {
+            Ok(macs_changed) => changes.macs_changed = macs_changed,
+            Err(e) => changes.failures.push((Item::HostMacs, e)),
+        }
+        match policy.and_then(|p| self.apply_policy(&p)) {
+            Ok(writes) => changes.rule_writes = writes,
+            Err(e) => changes.failures.push((Item::Policy, e)),
+        }
+        self.apply_ports(discovery, &mut changes);
+        if let Err(e) = self.apply_egress(discovery) {
+            changes.failures.push((Item::Egress, e));
+        }
+        self.state.failures = changes
+            .failures
             .iter()
-            .map(|(m, s)| (*m, s.to_string()))
+            .map(|(item, e)| Failure {
+                item: item.clone(),
+                error: error_chain(e),
+            })
             .collect();
-        for m in &o.extra_macs {
-            if let Some(mac) = parse_mac(m) {
-                macs.entry(mac).or_insert_with(|| "config".to_owned());
-            }
-        }
-        let set: BTreeSet<Mac> = macs.keys().copied().collect();
-        let before: BTreeSet<Mac> = self.maps.mac_table()?.macs().collect();
-        if before != set {
-            self.maps.set_host_macs(&set)?;
-            changes.macs_changed = true;
-        }
-        self.state.host_macs = macs.iter().map(|(m, s)| (fmt_mac(m), s.clone())).collect();
-
-        // Policy (window-free order, see policy::plan).
-        changes.rule_writes = self.maps.set_policy(policy, &mut self.state.classes)?;
-        self.state.policy = policy.clone();
-
-        // Hooks: every port, plus the bridge device itself with --bridge-hook.
-        let mut wanted: Vec<(Iface, bool)> =
-            discovery.ports.iter().map(|p| (p.clone(), false)).collect();
-        if o.bridge_hook {
-            wanted.push((discovery.bridge.clone(), true));
-        }
-        let wanted_idx: BTreeSet<u32> = wanted.iter().map(|(i, _)| i.index).collect();
-
-        // Unhook what left first (a port that left the bridge must not keep a slot).
-        let gone: Vec<u32> = self
-            .state
-            .ports
-            .keys()
-            .filter(|i| !wanted_idx.contains(i))
-            .copied()
-            .collect();
-        for ifindex in gone {
-            if let Some(p) = self.state.ports.remove(&ifindex) {
-                self.unhook(ifindex, &p);
-                self.maps.clear_port(ifindex)?;
-                changes.unhooked.push(p.name);
-            }
-        }
-        for (iface, is_bridge) in wanted {
-            let monitor = o.monitor_ports.contains(&iface.name);
-            let known = self.state.ports.get(&iface.index).cloned();
-            let slot = if let Some(p) = &known {
-                p.slot
-            } else {
-                let slot = self.free_slot()?;
-                self.maps.reset_counters(slot)?;
-                slot
-            };
-            let mut port_flags = if monitor { PORT_FLAG_MONITOR } else { 0 };
-            if is_bridge {
-                port_flags |= PORT_FLAG_EGRESS_OK;
-            }
-            let port_cfg = PortConfig {
-                slot,
-                flags: port_flags,
-            };
-            if self.maps.port(iface.index)? != port_cfg {
-                self.maps.set_port(iface.index, port_cfg)?;
-            }
-            // Hook (or swap the program in the existing hook).
-            let (mode, fallback) = self.hook(&iface, is_bridge, hook, known.as_ref())?;
-            if known.as_ref().is_none_or(|k| k.mode != mode) {
-                changes
-                    .hooked
-                    .push((iface.name.clone(), mode, fallback.clone()));
-            }
-            if let Some(k) = &known
-                && k.mode.pin_name() != mode.pin_name()
-            {
-                // Changed hook type: the new hook is in place, now drop the old one.
-                self.unhook(iface.index, k);
-            }
-            self.state.ports.insert(
-                iface.index,
-                PortState {
-                    name: iface.name.clone(),
-                    slot,
-                    mode,
-                    fallback,
-                    is_bridge,
-                },
-            );
-        }
-        self.set_egress(discovery)?;
         self.state.updated = now();
-        Ok(changes)
+        changes
     }
 
-    /// Marks the interfaces the route check lets guests be routed out of: the bridge (back to
-    /// the guests) and the uplinks (configured, or those carrying a default route). Marks are
-    /// added before stale ones are cleared.
-    fn set_egress(&mut self, discovery: &Discovery) -> Result<()> {
+    /// Item: the global flags, the route check's input interface (the bridge), and the
+    /// tunnel ports (the well-known ones, the host's tunnel devices', the configured).
+    fn apply_global_config(&mut self, discovery: &Discovery) -> Result<()> {
         let o = &self.state.options;
+        let mut flags = 0;
+        for (on, flag) in [
+            (o.strict_mac, GLOBAL_FLAG_STRICT_MAC),
+            (o.monitor, GLOBAL_FLAG_MONITOR),
+            (o.allow_tunnels, GLOBAL_FLAG_ALLOW_TUNNELS),
+            (!o.route_check, GLOBAL_FLAG_NO_ROUTE_CHECK),
+            (fib_skips_neigh(), GLOBAL_FLAG_FIB_SKIP_NEIGH),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        let cfg = GlobalConfig {
+            flags,
+            event_rate: o.event_rate.unwrap_or(DEFAULT_EVENT_RATE),
+            bridge_ifindex: discovery.bridge.index,
+            reserved: 0,
+        };
+        if self.maps.config()? != cfg {
+            self.maps.set_config(cfg)?;
+        }
+        let ports: BTreeSet<u16> = DEFAULT_TUNNEL_PORTS
+            .iter()
+            .copied()
+            .chain(discovery.tunnel_ports())
+            .chain(o.tunnel_ports.iter().copied())
+            .collect();
+        let mut set = Box::new(PortSet::new());
+        for p in &ports {
+            set.insert(*p);
+        }
+        if *self.maps.tunnel_ports()? != *set {
+            self.maps.set_tunnel_ports(&set)?;
+        }
+        self.state.tunnel_ports = ports.into_iter().collect();
+        Ok(())
+    }
+
+    /// Item: the interfaces the route check lets guests be routed out of: the bridge (back
+    /// to the guests) and the uplinks (configured, or those carrying a default route). Marks
+    /// are added before stale ones are cleared.
+    fn apply_egress(&mut self, discovery: &Discovery) -> Result<()> {
         let mut want: BTreeMap<u32, String> = BTreeMap::new();
         want.insert(discovery.bridge.index, discovery.bridge.name.clone());
-        if o.uplinks.is_empty() {
+        let uplinks = &self.state.options.uplinks;
+        if uplinks.is_empty() {
             for i in discovery.uplinks() {
                 if let Some(iface) = discovery.iface(i) {
                     want.insert(i, iface.name.clone());
                 }
             }
         } else {
-            for name in &o.uplinks {
+            for name in uplinks {
                 let iface = discovery
                     .ifaces
                     .iter()
@@ -513,47 +569,146 @@ impl Guard {
         Ok(())
     }
 
-    /// The global flags, the route check's input interface, and the tunnel ports.
-    fn set_config(&mut self, discovery: &Discovery) -> Result<()> {
-        let o = &self.state.options;
-        // Global flags and the route check's input interface.
-        let mut flags = 0;
-        for (on, flag) in [
-            (o.strict_mac, GLOBAL_FLAG_STRICT_MAC),
-            (o.monitor, GLOBAL_FLAG_MONITOR),
-            (o.allow_tunnels, GLOBAL_FLAG_ALLOW_TUNNELS),
-            (!o.route_check, GLOBAL_FLAG_NO_ROUTE_CHECK),
-            (fib_skips_neigh(), GLOBAL_FLAG_FIB_SKIP_NEIGH),
-        ] {
-            if on {
-                flags |= flag;
+    /// Item: the host MAC set, discovered plus configured. Returns whether it changed.
+    fn apply_host_macs(&mut self, discovery: &Discovery) -> Result<bool> {
+        let mut macs: BTreeMap<Mac, String> = discovery
+            .host_macs
+            .iter()
+            .map(|(m, s)| (*m, s.to_string()))
+            .collect();
+        for m in &self.state.options.extra_macs {
+            if let Some(mac) = parse_mac(m) {
+                macs.entry(mac).or_insert_with(|| "config".to_owned());
             }
         }
-        let cfg = GlobalConfig {
-            flags,
-            event_rate: o.event_rate.unwrap_or(DEFAULT_EVENT_RATE),
-            bridge_ifindex: discovery.bridge.index,
-            reserved: 0,
-        };
-        if self.maps.config()? != cfg {
-            self.maps.set_config(cfg)?;
+        let set: BTreeSet<Mac> = macs.keys().copied().collect();
+        let before: BTreeSet<Mac> = self.maps.mac_table()?.macs().collect();
+        let changed = before != set;
+        if changed {
+            self.maps.set_host_macs(&set)?;
         }
+        self.state.host_macs = macs.iter().map(|(m, s)| (fmt_mac(m), s.clone())).collect();
+        Ok(changed)
+    }
 
-        // Tunnel ports: the well-known ones, the host's tunnel devices', the configured.
-        let ports: BTreeSet<u16> = DEFAULT_TUNNEL_PORTS
-            .iter()
+    /// Item: the policy (window-free order, see `policy::plan`). Returns the map writes.
+    fn apply_policy(&mut self, policy: &Policy) -> Result<usize> {
+        let writes = self.maps.set_policy(policy, &mut self.state.classes)?;
+        self.state.policy = policy.clone();
+        Ok(writes)
+    }
+
+    /// Items: every port, plus the bridge device itself (the backstop, unless turned off). Ports that left
+    /// are released first (a port that left the bridge must not keep a slot).
+    fn apply_ports(&mut self, discovery: &Discovery, changes: &mut Changes) {
+        let o = self.state.options.clone();
+        let hook = match Hook::parse(&o.hook) {
+            Ok(h) => h,
+            Err(e) => {
+                changes.failures.push((Item::GlobalConfig, e));
+                return;
+            }
+        };
+        let mut wanted: Vec<(Iface, bool)> =
+            discovery.ports.iter().map(|p| (p.clone(), false)).collect();
+        if o.bridge_hook {
+            wanted.push((discovery.bridge.clone(), true));
+        }
+        let wanted_idx: BTreeSet<u32> = wanted.iter().map(|(i, _)| i.index).collect();
+        let gone: Vec<u32> = self
+            .state
+            .ports
+            .keys()
+            .filter(|i| !wanted_idx.contains(i))
             .copied()
-            .chain(discovery.tunnel_ports())
-            .chain(o.tunnel_ports.iter().copied())
             .collect();
-        let mut set = Box::new(PortSet::new());
-        for p in &ports {
-            set.insert(*p);
+        for ifindex in gone {
+            if let Some(p) = self.state.ports.remove(&ifindex) {
+                self.unhook(ifindex, &p);
+                if let Err(e) = self.maps.clear_port(ifindex) {
+                    changes.failures.push((
+                        Item::Port {
+                            name: p.name.clone(),
+                            ifindex,
+                        },
+                        e,
+                    ));
+                }
+                changes.unhooked.push(p.name);
+            }
         }
-        if *self.maps.tunnel_ports()? != *set {
-            self.maps.set_tunnel_ports(&set)?;
+        for (iface, is_bridge) in wanted {
+            let monitor = o.monitor_ports.contains(&iface.name);
+            if let Err(e) = self.apply_port(&iface, is_bridge, monitor, hook, changes) {
+                changes.failures.push((
+                    Item::Port {
+                        name: iface.name.clone(),
+                        ifindex: iface.index,
+                    },
+                    e,
+                ));
+            }
         }
-        self.state.tunnel_ports = ports.into_iter().collect();
+    }
+
+    /// Item: one port's table entry and hook. A new port that cannot be hooked gives its
+    /// slot back; a known one keeps its hook (and so the program it had).
+    fn apply_port(
+        &mut self,
+        iface: &Iface,
+        is_bridge: bool,
+        monitor: bool,
+        hook: Hook,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let known = self.state.ports.get(&iface.index).cloned();
+        let slot = if let Some(p) = &known {
+            p.slot
+        } else {
+            let slot = self.free_slot()?;
+            self.maps.reset_counters(slot)?;
+            slot
+        };
+        let mut flags = if monitor { PORT_FLAG_MONITOR } else { 0 };
+        if is_bridge {
+            // The bridge is also where the route check lets guests be routed (back to them).
+            flags |= PORT_FLAG_EGRESS_OK;
+        }
+        let port_cfg = PortConfig { slot, flags };
+        if self.maps.port(iface.index)? != port_cfg {
+            self.maps.set_port(iface.index, port_cfg)?;
+        }
+        // Hook (or swap the program in the existing hook).
+        let (mode, fallback) = match self.hook(iface, is_bridge, hook, known.as_ref()) {
+            Ok(v) => v,
+            Err(e) => {
+                if known.is_none() {
+                    let _ = self.maps.clear_port(iface.index);
+                }
+                return Err(e);
+            }
+        };
+        if known.as_ref().is_none_or(|k| k.mode != mode) {
+            changes
+                .hooked
+                .push((iface.name.clone(), mode, fallback.clone()));
+        }
+        if let Some(k) = &known
+            && k.mode.pin_name() != mode.pin_name()
+        {
+            // Changed hook type: the new hook is in place, now drop the old one.
+            self.unhook(iface.index, k);
+        }
+        self.state.ports.insert(
+            iface.index,
+            PortState {
+                name: iface.name.clone(),
+                slot,
+                mode,
+                fallback,
+                is_bridge,
+            },
+        );
         Ok(())
     }
 
@@ -574,7 +729,8 @@ impl Guard {
         known: Option<&PortState>,
     ) -> Result<(HookMode, Option<String>)> {
         // The bridge device sees only frames the bridge passes up; XDP there is generic-only
-        // and TC is the documented hook (../shared/docs/toolchain.md).
+        // and TC is the documented hook (../shared/docs/toolchain.md). It runs the backstop
+        // program (`guard_bridge`), which judges every frame without the host MAC table.
         let candidates: &[HookMode] = if is_bridge {
             &[HookMode::Tcx, HookMode::Tc]
         } else {
@@ -771,8 +927,10 @@ impl Guard {
         }
     }
 
-    /// Pins the programs of a fresh load (replacing the old pins) and puts maps that changed
-    /// layout under their names: called once the new programs run on every hook.
+    /// Pins freshly loaded programs (replacing the pins of older ones), then holds them
+    /// through their pins: pinned once, they are never pinned again by this process. Maps
+    /// that changed layout go under their names first (the new programs run on the hooks by
+    /// now).
     fn pin_programs(&mut self) -> Result<()> {
         if matches!(self.progs, Programs::Pinned { .. }) {
             return Ok(());
@@ -780,23 +938,26 @@ impl Guard {
         if let Some(plan) = self.upgrade.take() {
             layout::promote(&self.loc, &plan)?;
         }
-        for (pin, _) in PROGRAM_PINS {
-            let path = self.loc.prog_pin(pin);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(GuardError::Bpffs { path, source }),
-            }
-            let res = match pin {
-                "xdp" => self.progs.xdp()?.pin(&path),
-                "tc" => self.progs.tc_for(false)?.pin(&path),
-                _ => self.progs.tc_for(true)?.pin(&path),
+        for hook in PROGRAM_PINS {
+            let path = self.loc.prog_pin(hook);
+            // Pin beside, then rename over the old pin: a reader (`status` takes no lock)
+            // never finds the pin missing. bpffs directories implement rename
+            // (kernel/bpf/inode.c, bpf_dir_iops); names with a dot are refused there
+            // (bpf_lookup), hence `_new`.
+            let new = self.loc.prog_pin(&format!("{hook}_new"));
+            let _ = fs::remove_file(&new);
+            let res = match hook {
+                "xdp" => self.progs.xdp()?.pin(&new),
+                "tc" => self.progs.tc_for(false)?.pin(&new),
+                _ => self.progs.tc_for(true)?.pin(&new),
             };
             res.map_err(|e| GuardError::Pin {
-                path: path.clone(),
+                path: new.clone(),
                 source: Box::new(e),
             })?;
+            fs::rename(&new, &path).map_err(|source| GuardError::Bpffs { path, source })?;
         }
+        self.progs = Programs::from_pins(&self.loc)?;
         Ok(())
     }
 
@@ -817,15 +978,64 @@ impl Guard {
     }
 }
 
-/// `guardctl detach`: idempotent; leaves other bridges alone. Returns whether anything was
-/// attached.
-pub fn detach(loc: &Location) -> Result<bool> {
+/// What `detach` did.
+#[derive(Debug, Default)]
+pub struct Detached {
+    /// Was anything attached?
+    pub was_attached: bool,
+    /// The agent that followed the bridge: its pid, and whether it exited in time (else it
+    /// exits on its next wake-up, when it finds the bridge detached).
+    pub agent: Option<(u32, bool)>,
+}
+
+/// How long `detach` waits for the agent to exit after SIGTERM.
+pub const AGENT_EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `guardctl detach`: idempotent; leaves other bridges alone.
+///
+/// With an agent following the bridge, the state is first marked as detaching (so the agent
+/// neither reconciles again nor claims on exit that the bridge stays protected), the agent is
+/// sent SIGTERM and waited for, and only then is everything removed. The agent is told
+/// without holding the lock, since it may be waiting for it.
+pub fn detach(loc: &Location) -> Result<Detached> {
     check_privileges()?;
-    if !loc.is_attached() && State::load(loc)?.is_none() {
-        return Ok(false);
+    check_bpffs_visible(loc.run_root())?;
+    let mut out = Detached::default();
+    let agent = {
+        let _lock = loc.lock()?;
+        match State::load(loc)? {
+            Some(mut state) => {
+                let agent = state.live_agent();
+                if agent.is_some() && !state.detaching {
+                    state.detaching = true;
+                    state.save(loc)?;
+                }
+                agent
+            }
+            None => None,
+        }
+    };
+    if let Some(agent) = agent {
+        // SAFETY: kill(2) with a pid whose start time we just matched.
+        let rc = unsafe { libc::kill(agent.pid.cast_signed(), libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + AGENT_EXIT_TIMEOUT;
+        let mut exited = rc != 0 || !agent.is_alive();
+        while !exited && std::time::Instant::now() < deadline {
+            // A poll with a deadline: the agent is not our child, so there is nothing to
+            // wait(2) on.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            exited = !agent.is_alive();
+        }
+        out.agent = Some((agent.pid, exited));
     }
+    let _lock = loc.lock()?;
+    let state = State::load(loc)?;
+    if !loc.is_attached() && state.is_none() {
+        return Ok(out);
+    }
+    out.was_attached = true;
     // cls_bpf filters are not pinned: the state names them.
-    if let Some(state) = State::load(loc)? {
+    if let Some(state) = state {
         for port in state.ports.values().filter(|p| p.mode == HookMode::Tc) {
             remove_tc_filter(&port.name);
         }
@@ -835,7 +1045,20 @@ pub fn detach(loc: &Location) -> Result<bool> {
     }
     // Removing the pins releases the maps and programs.
     loc.remove_all()?;
-    Ok(true)
+    Ok(out)
+}
+
+/// Changes the state file of an attached bridge under its lock, without touching the
+/// kernel (the agent records itself this way). Returns the state written, or `None` when
+/// nothing is attached.
+pub fn modify_state(loc: &Location, f: impl FnOnce(&mut State)) -> Result<Option<State>> {
+    let _lock = loc.lock()?;
+    let Some(mut state) = State::load(loc)? else {
+        return Ok(None);
+    };
+    f(&mut state);
+    state.save(loc)?;
+    Ok(Some(state))
 }
 
 /// Removes guard's `cls_bpf` filter from `port`'s ingress. Best effort, like
@@ -914,7 +1137,8 @@ fn release_link_pin(path: &std::path::Path) {
 
 /// An error and its sources on one line, without the repetition some of aya's errors have
 /// (a syscall error's message already ends with its `io::Error`, which is also its source).
-fn error_chain(e: &dyn std::error::Error) -> String {
+#[must_use]
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut src = e.source();
     while let Some(inner) = src {

@@ -395,7 +395,7 @@ pub fn select_bridges<'a>(
 }
 
 /// `IFLA_XDP` program id per ifindex.
-async fn xdp_progs(handle: &Handle) -> Result<BTreeMap<u32, u32>> {
+pub async fn xdp_progs(handle: &Handle) -> Result<BTreeMap<u32, u32>> {
     let mut out = BTreeMap::new();
     let mut stream = handle.link().get().execute();
     while let Some(msg) = stream.try_next().await? {
@@ -422,7 +422,7 @@ async fn xdp_progs(handle: &Handle) -> Result<BTreeMap<u32, u32>> {
 }
 
 /// `cls_bpf` program ids on the ingress hook of `ifindex` (guard's `--hook tc`).
-async fn tc_progs(handle: &Handle, ifindex: u32) -> Result<Vec<u32>> {
+pub async fn tc_progs(handle: &Handle, ifindex: u32) -> Result<Vec<u32>> {
     let Ok(index) = i32::try_from(ifindex) else {
         return Ok(Vec::new());
     };
@@ -453,7 +453,8 @@ async fn tc_progs(handle: &Handle, ifindex: u32) -> Result<Vec<u32>> {
     Ok(out)
 }
 
-fn tcx_progs(port: &str) -> Result<Vec<u32>> {
+/// TCX ingress program ids of `port`.
+pub fn tcx_progs(port: &str) -> Result<Vec<u32>> {
     match SchedClassifier::query_tcx(port, TcAttachType::Ingress) {
         Ok((_, progs)) => Ok(progs.iter().map(ProgramInfo::id).collect()),
         Err(e) => Err(AuditError::Tcx {
@@ -618,12 +619,45 @@ pub fn evaluate(snap: &Snapshot) -> Report {
         bridge_findings(snap, br, &mut findings);
     }
     bridge_nf(snap, &mut findings);
+    if let Some(ns) = &snap.netns {
+        for f in &mut findings {
+            for fix in &mut f.fix {
+                *fix = in_netns(fix, ns);
+            }
+        }
+    }
     // Worst first; the sort is stable, so the order of the checks stays within a severity.
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Report {
         netns: snap.netns.clone(),
         bridges: snap.bridges.iter().map(|b| b.name.clone()).collect(),
         findings,
+    }
+}
+
+/// A fix command as it must be typed from the host for a bridge in the named network
+/// namespace `ns` (the audit ran with `--netns`): `ip -n NS ...`, `ip netns exec NS sysctl ...`,
+/// `guardctl --netns NS ...`. `systemctl` units run in the host's namespace: the agent for a
+/// bridge in a namespace is `guardctl --netns NS run BRIDGE`.
+#[must_use]
+pub fn in_netns(fix: &str, ns: &str) -> String {
+    if let Some(rest) = fix.strip_prefix("ip ") {
+        format!("ip -n {ns} {rest}")
+    } else if let Some(rest) = fix.strip_prefix("guardctl ") {
+        if rest.starts_with("--netns ") {
+            fix.to_owned()
+        } else {
+            format!("guardctl --netns {ns} {rest}")
+        }
+    } else if let Some(rest) = fix.strip_prefix("systemctl enable --now guardctl@") {
+        let bridge = rest.split_whitespace().next().unwrap_or(rest);
+        format!(
+            "guardctl --netns {ns} run {bridge} (the agent; the unit runs in the host's namespace)"
+        )
+    } else if fix.starts_with("sysctl ") || fix.starts_with("echo ") || fix.starts_with("bridge ") {
+        format!("ip netns exec {ns} {fix}")
+    } else {
+        fix.to_owned()
     }
 }
 

@@ -12,10 +12,21 @@
 //! monitor = false              # count and report, do not drop
 //! strict_mac = false           # only unicast host MACs are host-bound
 //! protect = ["10.20.0.0/24=storage", "10.10.0.0/24=management"]   # empty: discovered set
+//! discover = false             # also protect the discovered set (default: protect is empty)
+//! exclude = ["10.30.0.0/24"]   # never protect these discovered prefixes
 //! allow = ["10.20.0.5=iscsi-portal"]
 //! extra_host_macs = ["52:54:00:12:34:56"]
 //! monitor_ports = ["vnet7"]
+//! event_rate = 100             # drop events per second per port (0: none)
 //! ```
+//!
+//! The discovered set is every network and address the host holds outside the bridge and
+//! loopback (link-local and multicast never). A configured rule overrides a discovered one for
+//! the same prefix; one that contradicts it (an allow for a discovered protected prefix) is
+//! an error unless the prefix is in `exclude`.
+//!
+//! `guardctl rules save` writes the options and live edits of an attached bridge into its
+//! `[[bridge]]` table ([`save_bridge`]), keeping the other tables and the comments.
 //!
 //! Every error names the file, line and column.
 
@@ -30,7 +41,7 @@ use toml::Spanned;
 use crate::{
     attach::Hook,
     discovery::parse_mac,
-    policy::{Policy, RuleSpec, parse_allow, parse_protect},
+    policy::{Policy, RuleSpec, parse_allow, parse_net, parse_protect},
     state::Options,
 };
 
@@ -63,6 +74,10 @@ pub struct BridgeConfig {
     pub strict_mac: bool,
     #[serde(default)]
     pub protect: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub discover: Option<bool>,
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
     #[serde(default)]
@@ -192,6 +207,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     .map_err(|e| at(a.span().start, e.to_string()))?,
             );
         }
+        let mut exclude = Vec::new();
+        for x in &b.exclude {
+            exclude.push(parse_net(x.get_ref()).map_err(|e| at(x.span().start, e.to_string()))?);
+        }
         // Contradictions (a prefix both protected and allowed) point at the allow entry.
         if let Err(e) = Policy::from_rules(protect.iter().cloned().chain(allow.iter().cloned())) {
             let offset = b
@@ -223,6 +242,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 strict_mac: b.strict_mac,
                 protect,
                 allow,
+                discover: b.discover,
+                exclude,
                 extra_macs,
                 monitor_ports: b.monitor_ports,
                 event_rate: b.event_rate,
@@ -235,6 +256,99 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         bridges,
     })
+}
+
+/// `CIDR=CLASS`, the form `protect` and `allow` take.
+fn rule_text(r: &RuleSpec) -> String {
+    format!("{}={}", r.net, r.class)
+}
+
+/// Writes `options` as the `[[bridge]]` table named `bridge` in the file at `path`: replaces
+/// that table (or appends one), keeps every other table, comment and layout, validates the
+/// result as [`load`] would, and replaces the file atomically (temp file + rename).
+pub fn save_bridge(path: &Path, bridge: &str, options: &Options) -> Result<(), ConfigError> {
+    use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, value};
+    let err = |message: String| ConfigError {
+        path: path.to_owned(),
+        line: 0,
+        column: 0,
+        message,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    // Errors in the file as it is come first, with their place.
+    if !text.trim().is_empty() {
+        parse(path, &text)?;
+    }
+    let mut doc: DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| err(format!("not TOML: {}", e.message())))?;
+    // In a file of comments only, toml_edit holds them as the document's trailing text, which
+    // would end up below a first table: keep them above it.
+    let leading = if doc.as_table().is_empty() {
+        let t = doc.trailing().as_str().unwrap_or_default().to_owned();
+        doc.set_trailing("");
+        t
+    } else {
+        String::new()
+    };
+    let strings = |v: &mut dyn Iterator<Item = String>| {
+        let mut a = Array::new();
+        for s in v {
+            a.push(s);
+        }
+        value(a)
+    };
+    let mut t = Table::new();
+    if !leading.is_empty() {
+        t.decor_mut().set_prefix(leading);
+    }
+    t["name"] = value(bridge);
+    t["hook"] = value(if options.hook.is_empty() {
+        "xdp"
+    } else {
+        options.hook.as_str()
+    });
+    t["bridge_hook"] = value(options.bridge_hook);
+    t["monitor"] = value(options.monitor);
+    t["strict_mac"] = value(options.strict_mac);
+    t["discover"] = value(options.discovers());
+    t["protect"] = strings(&mut options.protect.iter().map(rule_text));
+    t["exclude"] = strings(&mut options.exclude.iter().map(ToString::to_string));
+    t["allow"] = strings(&mut options.allow.iter().map(rule_text));
+    t["extra_host_macs"] = strings(&mut options.extra_macs.iter().cloned());
+    t["monitor_ports"] = strings(&mut options.monitor_ports.iter().cloned());
+    if let Some(rate) = options.event_rate {
+        t["event_rate"] = value(i64::from(rate));
+    }
+    let bridges = doc
+        .entry("bridge")
+        .or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()));
+    let Some(bridges) = bridges.as_array_of_tables_mut() else {
+        return Err(err(
+            "`bridge` is not an array of tables ([[bridge]])".to_owned()
+        ));
+    };
+    let at = bridges
+        .iter()
+        .position(|b| b.get("name").and_then(Item::as_str) == Some(bridge));
+    match at.and_then(|i| bridges.get_mut(i)) {
+        Some(existing) => {
+            // Keep the comment above the table.
+            let decor = existing.decor().clone();
+            *existing = t;
+            *existing.decor_mut() = decor;
+        }
+        None => bridges.push(t),
+    }
+    let out = doc.to_string();
+    parse(path, &out)?;
+    let tmp = path.with_extension(format!("toml.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &out).map_err(|e| err(format!("writing {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -252,6 +366,43 @@ mod tests {
         assert_eq!(o.protect.len(), 1);
         assert_eq!(o.allow[0].net.to_string(), "10.20.0.5/32");
         assert_eq!(o.hook, "xdp");
+    }
+
+    #[test]
+    fn save_replaces_one_bridge_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("guard-config-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("g.toml");
+        std::fs::write(
+            &path,
+            "# site config\n[[bridge]]\nname = \"br-a\"\nhook = \"tc\" # old\n\n\
+             # the other one\n[[bridge]]\nname = \"br-b\"\nmonitor = true\n",
+        )
+        .expect("write");
+        let mut o = parse(Path::new("x"), "[[bridge]]\nname = \"br-a\"\n")
+            .expect("valid")
+            .bridges
+            .remove(0)
+            .1;
+        o.allow
+            .push(parse_allow("10.20.0.5=portal", "rules").expect("valid"));
+        o.exclude.push(parse_net("10.30.0.0/24").expect("valid"));
+        save_bridge(&path, "br-a", &o).expect("save");
+        save_bridge(&path, "br-c", &o).expect("save a new one");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let cfg = load(&path).expect("valid after save");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            text.contains("# site config") && text.contains("# the other one"),
+            "{text}"
+        );
+        let a = cfg.bridge("br-a").expect("br-a");
+        assert_eq!(a.allow[0].net.to_string(), "10.20.0.5/32");
+        assert_eq!(a.allow[0].class, "portal");
+        assert_eq!(a.exclude[0].to_string(), "10.30.0.0/24");
+        assert!(a.discovers());
+        assert!(cfg.bridge("br-b").expect("br-b").monitor);
+        assert!(cfg.bridge("br-c").is_some());
     }
 
     #[test]

@@ -75,6 +75,31 @@ pub enum GuardError {
     },
     #[error("permission denied: {0} (guardctl needs root, or CAP_BPF + CAP_NET_ADMIN)")]
     Permission(String),
+    #[error(
+        "bpffs is not mounted at /sys/fs/bpf here, but guard state exists ({}): its pins \
+         live in the bpffs of another mount namespace (`ip netns exec` gives a command a \
+         fresh /sys), so guardctl would create a second, invisible guard. {hint}",
+        state.display()
+    )]
+    BpffsHidden { state: PathBuf, hint: String },
+    #[error("lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{new} contradicts the rule in force {existing}: add --replace to override it")]
+    Contradiction { new: String, existing: String },
+    #[error("{0} is not in force on this bridge (`guardctl rules list` shows what is)")]
+    NotInForce(ipnet::IpNet),
+    #[error("{0} has no live edit (`guardctl rules list` marks them)")]
+    NoEdit(ipnet::IpNet),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the bridge was attached without a configuration file: name one with --config FILE")]
+    NoConfigFile,
+    #[error(transparent)]
+    Prefix(#[from] crate::policy::PrefixError),
 }
 
 pub type Result<T, E = GuardError> = std::result::Result<T, E>;

@@ -277,12 +277,7 @@ impl EventView {
             let v: Vec<String> = self.vlans.iter().map(u16::to_string).collect();
             format!(" vlan {}", v.join("."))
         };
-        let ep = |ip: Option<IpAddr>, port: Option<u16>| match (ip, port) {
-            (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
-            (Some(a), Some(p)) => format!("{a}:{p}"),
-            (Some(a), None) => a.to_string(),
-            (None, _) => "-".to_owned(),
-        };
+        let ep = endpoint;
         let rule = match &self.rule {
             Some(r) => format!(" rule {} {} ({})", self.rule_id, r.prefix, r.class),
             None if self.rule_id != 0 => format!(" rule {}", self.rule_id),
@@ -301,5 +296,17 @@ impl EventView {
             self.reason,
             self.len
         )
+    }
+}
+
+/// An endpoint as text: `addr:port`, `[addr]:port` for IPv6 (RFC 3986 brackets: the port is
+/// otherwise unreadable), the address alone without a port, `-` without an address.
+#[must_use]
+pub fn endpoint(ip: Option<IpAddr>, port: Option<u16>) -> String {
+    match (ip, port) {
+        (Some(IpAddr::V6(a)), Some(p)) => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "-".to_owned(),
     }
 }

@@ -6,6 +6,13 @@
 //! (`link_<hook>_<ifindex>`). Runtime metadata that bpffs cannot hold (since when, options,
 //! class names) is `state.json` under `/run/guard/<scope>/<bridge>/`: tmpfs, so it has the same
 //! lifetime as the pins (both end at reboot).
+//!
+//! One writer at a time: every verb that changes a bridge, and the agent while it reconciles,
+//! holds an exclusive `flock(2)` on `/run/guard/<scope>/<bridge>/lock` ([`BridgeLock`]). The lock
+//! sits beside `state.json` rather than on the pin directory because `/run` is the one tree
+//! every guardctl shares: the pin directory is on bpffs, which `ip netns exec` hides (its fresh
+//! `/sys` has none), does not exist before the first attach (creating it only to lock would
+//! make the bridge look attached), and is removed by `detach`.
 
 use std::{
     fs, io,
@@ -27,6 +34,10 @@ pub struct Location {
     run_root: PathBuf,
 }
 
+/// Where state files live: tmpfs, shared by every mount namespace (unlike bpffs under `ip
+/// netns exec`).
+pub const RUN_ROOT: &str = "/run/guard";
+
 impl Location {
     #[must_use]
     pub fn new(netns: Option<&str>, bridge: &str) -> Self {
@@ -34,7 +45,7 @@ impl Location {
             netns,
             bridge,
             Path::new(BPFFS).join("guard"),
-            PathBuf::from("/run/guard"),
+            PathBuf::from(RUN_ROOT),
         )
     }
 
@@ -52,6 +63,12 @@ impl Location {
             pin_root,
             run_root,
         }
+    }
+
+    /// `/run/guard` (or the test root).
+    #[must_use]
+    pub fn run_root(&self) -> &Path {
+        &self.run_root
     }
 
     #[must_use]
@@ -80,12 +97,25 @@ impl Location {
         self.pin_dir().join(format!("link_{hook}_{ifindex}"))
     }
 
+    /// `/run/guard/<scope>/<bridge>`: the state file and the lock.
+    #[must_use]
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_root.join(self.scope()).join(&self.bridge)
+    }
+
     #[must_use]
     pub fn state_file(&self) -> PathBuf {
-        self.run_root
-            .join(self.scope())
-            .join(&self.bridge)
-            .join("state.json")
+        self.run_dir().join("state.json")
+    }
+
+    #[must_use]
+    pub fn lock_file(&self) -> PathBuf {
+        self.run_dir().join("lock")
+    }
+
+    /// Takes the bridge's writer lock, waiting for the holder to release it.
+    pub fn lock(&self) -> Result<BridgeLock> {
+        BridgeLock::acquire(self)
     }
 
     /// Is anything pinned for this bridge?
@@ -131,7 +161,7 @@ impl Location {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(GuardError::Bpffs { path: dir, source }),
         }
-        let state_dir = self.run_root.join(self.scope()).join(&self.bridge);
+        let state_dir = self.run_dir();
         match fs::remove_dir_all(&state_dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -183,17 +213,145 @@ pub fn attached_bridges(pin_root: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// Makes sure bpffs is mounted at `/sys/fs/bpf` (mounting it if absent).
-pub fn ensure_bpffs() -> Result<()> {
+/// The exclusive writer lock of one bridge (see the module documentation). Released on drop;
+/// when the bridge has no state left (a detach, or a verb that found nothing attached), the
+/// lock file and its empty directories are removed while the lock is still held.
+#[derive(Debug)]
+pub struct BridgeLock {
+    /// Held open for the lock's lifetime: closing it releases the flock.
+    _file: fs::File,
+    path: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl BridgeLock {
+    fn acquire(loc: &Location) -> Result<Self> {
+        use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+        let path = loc.lock_file();
+        let err = |source| GuardError::Lock {
+            path: path.clone(),
+            source,
+        };
+        loop {
+            fs::create_dir_all(loc.run_dir()).map_err(err)?;
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(err)?;
+            // SAFETY: flock on a descriptor we own.
+            while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(err(e));
+                }
+            }
+            // The holder before us may have removed the file (a detach): then we locked an
+            // inode nobody else will ever lock, and must start over on the path's new file.
+            let held = file.metadata().map_err(err)?;
+            match fs::metadata(&path) {
+                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                    return Ok(Self {
+                        _file: file,
+                        path,
+                        run_dir: loc.run_dir(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+}
+
+impl Drop for BridgeLock {
+    fn drop(&mut self) {
+        if !self.run_dir.join("state.json").exists() {
+            // Nothing attached: leave no lock file behind. Someone waiting on this inode
+            // notices the unlink after we close, and retries on a fresh file.
+            let _ = fs::remove_file(&self.path);
+            let _ = fs::remove_dir(&self.run_dir);
+            if let Some(scope) = self.run_dir.parent() {
+                let _ = fs::remove_dir(scope);
+            }
+        }
+        // Dropping `_file` afterwards closes it, which releases the flock.
+    }
+}
+
+/// Is a bpffs mounted at `/sys/fs/bpf` in this mount namespace?
+pub fn bpffs_mounted() -> Result<bool> {
     let mounts = fs::read_to_string("/proc/self/mounts").map_err(|source| GuardError::Bpffs {
         path: PathBuf::from("/proc/self/mounts"),
         source,
     })?;
-    if mounts.lines().any(|l| {
+    Ok(mounts.lines().any(|l| {
         l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
+    }))
+}
+
+/// Every `state.json` under the run root (`/run/guard/<scope>/<bridge>/state.json`).
+#[must_use]
+pub fn state_files(run_root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for scope in fs::read_dir(run_root).into_iter().flatten().flatten() {
+        for bridge in fs::read_dir(scope.path()).into_iter().flatten().flatten() {
+            let f = bridge.path().join("state.json");
+            if f.is_file() {
+                out.push(f);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The name under `/run/netns` of the network namespace this process is in, if it has one.
+#[must_use]
+pub fn own_netns_name() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = fs::metadata("/proc/self/ns/net").ok()?;
+    fs::read_dir(crate::netns::NETNS_RUN_DIR)
+        .ok()?
+        .flatten()
+        .find(|e| fs::metadata(e.path()).is_ok_and(|m| m.ino() == me.ino() && m.dev() == me.dev()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// Refuses to work when bpffs is not mounted here but guard state exists under `run_root`:
+/// the pins of that state are in another mount namespace's bpffs (the typical cause is
+/// `ip netns exec`, which gives the command a fresh `/sys`), and a fresh bpffs would give
+/// guardctl a second, invisible guard (`attach` stacking a second program on hooked ports,
+/// `detach` deleting the real state file).
+pub fn check_bpffs_visible(run_root: &Path) -> Result<()> {
+    if bpffs_mounted()? {
         return Ok(());
     }
+    let Some(state) = state_files(run_root).into_iter().next() else {
+        return Ok(());
+    };
+    let hint = match own_netns_name() {
+        Some(name) => format!(
+            "This looks like `ip netns exec {name}`: run `guardctl --netns {name} ...` from the \
+             host instead."
+        ),
+        None => "Run guardctl where /sys/fs/bpf is mounted; for a bridge in a named network \
+                 namespace use `guardctl --netns NAME ...` instead of `ip netns exec`."
+            .to_owned(),
+    };
+    Err(GuardError::BpffsHidden { state, hint })
+}
+
+/// Makes sure bpffs is mounted at `/sys/fs/bpf`, mounting it if absent, but only when that
+/// cannot hide existing state ([`check_bpffs_visible`]).
+pub fn ensure_bpffs(run_root: &Path) -> Result<()> {
+    if bpffs_mounted()? {
+        return Ok(());
+    }
+    check_bpffs_visible(run_root)?;
     let err = |source| GuardError::Bpffs {
         path: PathBuf::from(BPFFS),
         source,
@@ -215,4 +373,56 @@ pub fn ensure_bpffs() -> Result<()> {
         return Err(err(io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_loc(tag: &str) -> (Location, PathBuf) {
+        let root = std::env::temp_dir().join(format!("guard-pins-{tag}-{}", std::process::id()));
+        let loc = Location::with_roots(None, "br-t", root.join("bpf"), root.join("run"));
+        (loc, root)
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_leaves_nothing_without_state() {
+        let (loc, root) = temp_loc("lock");
+        let held = loc.lock().expect("lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = loc.clone();
+        let waiter = std::thread::spawn(move || {
+            let l = other.lock().expect("second lock");
+            tx.send(()).expect("send");
+            drop(l);
+        });
+        // The second locker must still be waiting while the first holds the lock.
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+                .is_err(),
+            "two holders at once"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the waiter gets the lock once it is released");
+        waiter.join().expect("waiter");
+        assert!(!loc.lock_file().exists(), "no state: no lock file left");
+        assert!(!loc.run_dir().exists());
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn lock_file_kept_while_state_exists() {
+        let (loc, root) = temp_loc("keep");
+        fs::create_dir_all(loc.run_dir()).expect("dir");
+        fs::write(loc.state_file(), "{}").expect("state");
+        drop(loc.lock().expect("lock"));
+        assert!(loc.lock_file().exists());
+        // A holder that removes the directory (a detach) does not strand the next locker.
+        let l = loc.lock().expect("lock");
+        fs::remove_dir_all(loc.run_dir()).expect("remove");
+        drop(l);
+        drop(loc.lock().expect("lock after removal"));
+        let _ = fs::remove_dir_all(root);
+    }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     discovery::Discovery,
     error::{GuardError, Result},
+    state::{Edits, Options},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,54 +71,159 @@ pub struct RuleSpec {
     pub source: String,
 }
 
+/// A prefix or class that does not parse. Argument validation: `guardctl` reports these as
+/// usage errors (exit 64).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    #[error("{input:?} is not an address or CIDR")]
+    NotAnAddress { input: String },
+    #[error("{input:?} is not a CIDR: {addr:?} is not an IPv4 or IPv6 address")]
+    BadAddress { input: String, addr: String },
+    #[error("{input:?} is not a CIDR: prefix length {len:?} is not a number")]
+    BadLength { input: String, len: String },
+    #[error(
+        "{input:?} is not a CIDR: the prefix length /{len} is too long for {family} (at most /{max})"
+    )]
+    TooLong {
+        input: String,
+        len: u32,
+        family: &'static str,
+        max: u8,
+    },
+    #[error("class {class:?} in {input:?}: use letters, digits, '-', '_' or '.'")]
+    BadClass { input: String, class: String },
+}
+
 /// Parses a CIDR (`10.0.0.0/24`, `fd00::/64`) or a bare address (a host route). Host bits are
 /// cleared: `10.0.0.1/24` means the network `10.0.0.0/24`.
-pub fn parse_net(s: &str) -> Result<IpNet> {
-    let s = s.trim();
-    let net = if s.contains('/') {
-        IpNet::from_str(s).map_err(|e| GuardError::Policy(format!("{s:?} is not a CIDR: {e}")))?
-    } else {
-        IpAddr::from_str(s)
+pub fn parse_net(s: &str) -> Result<IpNet, PrefixError> {
+    let input = s.trim();
+    let Some((addr, len)) = input.split_once('/') else {
+        return IpAddr::from_str(input)
             .map(IpNet::from)
-            .map_err(|e| GuardError::Policy(format!("{s:?} is not an address or CIDR: {e}")))?
+            .map_err(|_| PrefixError::NotAnAddress {
+                input: input.to_owned(),
+            });
     };
-    Ok(net.trunc())
+    let ip = IpAddr::from_str(addr).map_err(|_| PrefixError::BadAddress {
+        input: input.to_owned(),
+        addr: addr.to_owned(),
+    })?;
+    let len: u32 = len.parse().map_err(|_| PrefixError::BadLength {
+        input: input.to_owned(),
+        len: len.to_owned(),
+    })?;
+    let (family, max) = if ip.is_ipv4() {
+        ("IPv4", 32)
+    } else {
+        ("IPv6", 128)
+    };
+    let too_long = || PrefixError::TooLong {
+        input: input.to_owned(),
+        len,
+        family,
+        max,
+    };
+    let len = u8::try_from(len).map_err(|_| too_long())?;
+    IpNet::new(ip, len)
+        .map(|n| n.trunc())
+        .map_err(|_| too_long())
+}
+
+/// `CIDR[=CLASS]` as given on the command line: the class is `None` when not given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleArg {
+    pub net: IpNet,
+    pub class: Option<String>,
+}
+
+impl FromStr for RuleArg {
+    type Err = PrefixError;
+
+    fn from_str(s: &str) -> Result<Self, PrefixError> {
+        let (cidr, class) = match s.split_once('=') {
+            Some((c, class)) => (c, Some(class.trim())),
+            None => (s, None),
+        };
+        if let Some(class) = class
+            && (class.is_empty()
+                || !class
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(PrefixError::BadClass {
+                input: s.to_owned(),
+                class: class.to_owned(),
+            });
+        }
+        Ok(Self {
+            net: parse_net(cidr)?,
+            class: class.map(str::to_owned),
+        })
+    }
+}
+
+impl RuleArg {
+    /// The rule, with the default class of its action when none was given.
+    #[must_use]
+    pub fn rule(&self, action: Action, source: &str) -> RuleSpec {
+        RuleSpec {
+            net: self.net,
+            action,
+            class: self
+                .class
+                .clone()
+                .unwrap_or_else(|| default_class(action).to_owned()),
+            source: source.to_owned(),
+        }
+    }
+}
+
+/// The class of a rule given without one.
+#[must_use]
+pub const fn default_class(action: Action) -> &'static str {
+    match action {
+        Action::Deny => "protected",
+        Action::Allow => "allowed",
+    }
 }
 
 /// Parses `CIDR[=CLASS]` (the `--protect` syntax); the class defaults to `protected`.
-pub fn parse_protect(s: &str, source: &str) -> Result<RuleSpec> {
-    let (cidr, class) = match s.split_once('=') {
-        Some((c, class)) => (c, class.trim()),
-        None => (s, "protected"),
-    };
-    if class.is_empty()
-        || !class
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(GuardError::Policy(format!(
-            "class {class:?} in {s:?}: use letters, digits, '-', '_' or '.'"
-        )));
-    }
-    Ok(RuleSpec {
-        net: parse_net(cidr)?,
-        action: Action::Deny,
-        class: class.to_owned(),
-        source: source.to_owned(),
-    })
+pub fn parse_protect(s: &str, source: &str) -> Result<RuleSpec, PrefixError> {
+    Ok(RuleArg::from_str(s)?.rule(Action::Deny, source))
 }
 
-pub fn parse_allow(s: &str, source: &str) -> Result<RuleSpec> {
-    let (cidr, class) = match s.split_once('=') {
-        Some((c, class)) => (c, class.trim().to_owned()),
-        None => (s, "allowed".to_owned()),
-    };
-    Ok(RuleSpec {
-        net: parse_net(cidr)?,
-        action: Action::Allow,
-        class,
-        source: source.to_owned(),
-    })
+/// Parses `CIDR[=CLASS]` (the `--allow` syntax); the class defaults to `allowed`.
+pub fn parse_allow(s: &str, source: &str) -> Result<RuleSpec, PrefixError> {
+    Ok(RuleArg::from_str(s)?.rule(Action::Allow, source))
+}
+
+/// Where a rule came from, for messages: `source` is an interface name for discovered rules.
+#[must_use]
+pub fn origin(source: &str) -> String {
+    match source {
+        "cli" => "given to attach".to_owned(),
+        "config" => "from the configuration file".to_owned(),
+        "rules" => "added with `rules add`".to_owned(),
+        "" => "of unknown origin".to_owned(),
+        iface => format!("discovered on {iface}"),
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.action {
+            Action::Deny => "protected",
+            Action::Allow => "allowed",
+        };
+        write!(
+            f,
+            "{} ({what}, class {}, {})",
+            self.net,
+            self.class,
+            origin(&self.source)
+        )
+    }
 }
 
 /// Addresses the default sets never name: loopback (127/8, `::1`: harmless, and on `lo`
@@ -223,38 +329,51 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Builds the policy from the options: the protected prefixes (the default protected set
-    /// from `discovery` when none are given), the allowed ones, and the live additions and
-    /// removals.
-    pub fn build(options: &crate::state::Options, discovery: &Discovery) -> Result<Self> {
-        let protect = if options.protect.is_empty() {
-            default_protected(discovery)
-        } else {
-            options.protect.clone()
-        };
-        // The guest networks' allows give way to any rule for the same prefix (a protect of
-        // the bridge's own network is an operator's choice, and fails closed).
-        let named: BTreeSet<IpNet> = protect
-            .iter()
-            .chain(&options.allow)
-            .chain(&options.added)
-            .map(|r| r.net)
-            .chain(options.removed.iter().copied())
-            .collect();
-        let guest: Vec<RuleSpec> = guest_networks(discovery)
-            .into_iter()
-            .filter(|r| !named.contains(&r.net))
-            .collect();
-        // Rules added live replace a base rule for the same prefix; removed prefixes go.
-        let added: BTreeSet<IpNet> = options.added.iter().map(|r| r.net).collect();
-        let base = protect
-            .into_iter()
-            .chain(options.allow.iter().cloned())
-            .chain(guest)
-            .filter(|r| !added.contains(&r.net));
-        let mut policy = Self::from_rules(base.chain(options.added.iter().cloned()))?;
-        policy.rules.retain(|r| !options.removed.contains(&r.net));
-        Ok(policy)
+    /// Builds the desired policy: the discovered set (when the options use it, less the
+    /// excluded prefixes), overridden by the configured prefixes, then the live edits: removed
+    /// prefixes go, added rules replace any other rule for their prefix.
+    ///
+    /// A configured rule whose action contradicts a discovered rule for the same prefix is an
+    /// error, like two contradicting configured rules: `exclude` takes a prefix out of the
+    /// discovered set on purpose. The guest bridge's own networks are allowed where no other
+    /// rule names the prefix (a protect of the bridge's own network is an operator's choice,
+    /// and fails closed).
+    pub fn build(options: &Options, edits: &Edits, discovery: &Discovery) -> Result<Self> {
+        let explicit = Self::from_rules(options.protect.iter().chain(&options.allow).cloned())?;
+        let mut by_net: BTreeMap<IpNet, RuleSpec> = BTreeMap::new();
+        if options.discovers() {
+            for r in default_protected(discovery) {
+                if !options.exclude.contains(&r.net) {
+                    by_net.insert(r.net, r);
+                }
+            }
+        }
+        for r in explicit.rules {
+            if let Some(d) = by_net.get(&r.net)
+                && d.action != r.action
+            {
+                return Err(GuardError::Policy(format!(
+                    "{} is both protected and allowed: {d} and {r}; exclude it from the \
+                     discovered set (--exclude, `exclude = [...]`) to allow it",
+                    r.net
+                )));
+            }
+            by_net.insert(r.net, r);
+        }
+        for r in guest_networks(discovery) {
+            if !options.exclude.contains(&r.net) {
+                by_net.entry(r.net).or_insert(r);
+            }
+        }
+        for n in &edits.removed {
+            by_net.remove(n);
+        }
+        for r in &edits.added {
+            by_net.insert(r.net, r.clone());
+        }
+        Ok(Self {
+            rules: by_net.into_values().collect(),
+        })
     }
 
     /// Checks for contradictions: one prefix both denied and allowed, or given twice with
@@ -288,6 +407,116 @@ impl Policy {
     pub fn get(&self, net: &IpNet) -> Option<&RuleSpec> {
         self.rules.iter().find(|r| &r.net == net)
     }
+}
+
+/// `guardctl rules add`: adds `new` (with their actions) to the live edits. `in_force` is the
+/// policy in force before the change.
+///
+/// A rule whose action contradicts the rule in force for the same prefix (discovered,
+/// configured or added earlier) is refused unless `replace`. A rule given without a class for
+/// a prefix already in force with the same action keeps that rule's class and source.
+/// Nothing is changed when any rule is refused. Returns the rules added.
+pub fn add_rules(
+    edits: &mut Edits,
+    in_force: &Policy,
+    new: &[(RuleArg, Action)],
+    replace: bool,
+) -> Result<Vec<RuleSpec>> {
+    // Contradictions within the request itself.
+    Policy::from_rules(new.iter().map(|(a, action)| a.rule(*action, "rules")))?;
+    let mut rules = Vec::new();
+    for (arg, action) in new {
+        let rule = match in_force.get(&arg.net) {
+            Some(e) if e.action != *action && !replace => {
+                return Err(GuardError::Contradiction {
+                    new: arg.rule(*action, "rules").to_string(),
+                    existing: e.to_string(),
+                });
+            }
+            Some(e) if e.action == *action && arg.class.is_none() => e.clone(),
+            _ => arg.rule(*action, "rules"),
+        };
+        rules.push(rule);
+    }
+    for r in &rules {
+        edits.removed.retain(|n| *n != r.net);
+        edits.added.retain(|x| x.net != r.net);
+        edits.added.push(r.clone());
+    }
+    Ok(rules)
+}
+
+/// `guardctl rules del`: takes `nets` out of the policy (also from the configured and the
+/// discovered set) until `rules reset` or `rules add`. Each must be in force; nothing is
+/// changed when one is not.
+pub fn del_rules(edits: &mut Edits, in_force: &Policy, nets: &[IpNet]) -> Result<()> {
+    if let Some(n) = nets.iter().find(|n| in_force.get(n).is_none()) {
+        return Err(GuardError::NotInForce(*n));
+    }
+    for n in nets {
+        edits.added.retain(|x| x.net != *n);
+        if !edits.removed.contains(n) {
+            edits.removed.push(*n);
+        }
+    }
+    Ok(())
+}
+
+/// `guardctl rules reset`: forgets the live edits of `nets` (all of them when empty), so the
+/// configured and discovered rules apply again. Each named prefix must have an edit.
+pub fn reset_edits(edits: &mut Edits, nets: &[IpNet]) -> Result<usize> {
+    if nets.is_empty() {
+        let n = edits.added.len() + edits.removed.len();
+        *edits = Edits::default();
+        return Ok(n);
+    }
+    if let Some(n) = nets
+        .iter()
+        .find(|n| !edits.removed.contains(n) && !edits.added.iter().any(|r| r.net == **n))
+    {
+        return Err(GuardError::NoEdit(*n));
+    }
+    let before = edits.added.len() + edits.removed.len();
+    edits.added.retain(|r| !nets.contains(&r.net));
+    edits.removed.retain(|n| !nets.contains(n));
+    Ok(before - edits.added.len() - edits.removed.len())
+}
+
+/// The options that give, with no live edits, the same policy as `options` with `edits`:
+/// what `guardctl rules save` writes to the configuration file. `discovered` is the
+/// discovered set now (it decides which added allow rules must also be excluded from it).
+#[must_use]
+pub fn options_with_edits(options: &Options, edits: &Edits, discovered: &[RuleSpec]) -> Options {
+    let mut o = options.clone();
+    let discovers = o.discovers();
+    o.discover = Some(discovers);
+    let exclude = |o: &mut Options, n: IpNet| {
+        if discovers && !o.exclude.contains(&n) {
+            o.exclude.push(n);
+        }
+    };
+    for n in &edits.removed {
+        o.protect.retain(|r| r.net != *n);
+        o.allow.retain(|r| r.net != *n);
+        exclude(&mut o, *n);
+    }
+    for r in &edits.added {
+        o.protect.retain(|x| x.net != r.net);
+        o.allow.retain(|x| x.net != r.net);
+        if discovered
+            .iter()
+            .any(|d| d.net == r.net && d.action != r.action)
+        {
+            exclude(&mut o, r.net);
+        }
+        let mut r = r.clone();
+        "config".clone_into(&mut r.source);
+        match r.action {
+            Action::Deny => o.protect.push(r),
+            Action::Allow => o.allow.push(r),
+        }
+    }
+    o
 }
 
 /// Class names and their ids in the tries. Built-in names have fixed ids; user names get ids
@@ -545,6 +774,129 @@ mod tests {
             apply(&mut state, op);
         }
         assert_eq!(state[&parse_net("10.0.0.0/8").expect("ok")].rule_id, id);
+    }
+
+    fn arg(s: &str) -> RuleArg {
+        s.parse().expect("valid")
+    }
+
+    #[test]
+    fn edits_refuse_contradictions_and_keep_classes() {
+        let discovered = Policy::from_rules([
+            parse_protect("10.20.0.0/24=host-net", "stor0").expect("ok"),
+            parse_protect("10.20.0.1/32=host", "stor0").expect("ok"),
+        ])
+        .expect("ok");
+        let mut edits = Edits::default();
+        let e = add_rules(
+            &mut edits,
+            &discovered,
+            &[(arg("10.20.0.0/24"), Action::Allow)],
+            false,
+        )
+        .expect_err("contradiction");
+        let text = e.to_string();
+        assert!(
+            text.contains("10.20.0.0/24 (allowed")
+                && text.contains("10.20.0.0/24 (protected, class host-net, discovered on stor0)"),
+            "{text}"
+        );
+        assert!(edits.is_empty(), "nothing changed on a refusal");
+        // Without a class, a prefix protected already keeps its class and source.
+        let added = add_rules(
+            &mut edits,
+            &discovered,
+            &[(arg("10.20.0.1"), Action::Deny)],
+            false,
+        )
+        .expect("same action");
+        assert_eq!(
+            (added[0].class.as_str(), added[0].source.as_str()),
+            ("host", "stor0")
+        );
+        // --replace overrides; del of a prefix not in force fails; reset forgets.
+        add_rules(
+            &mut edits,
+            &discovered,
+            &[(arg("10.20.0.0/24=portal"), Action::Allow)],
+            true,
+        )
+        .expect("replace");
+        let options = Options::default();
+        let d = Discovery {
+            bridge: crate::discovery::Iface {
+                index: 1,
+                name: "br".into(),
+                mac: None,
+                controller: None,
+                is_bridge: true,
+                is_loopback: false,
+                up: true,
+                tunnel_port: None,
+            },
+            ports: Vec::new(),
+            host_macs: BTreeMap::new(),
+            addrs: vec![crate::discovery::HostAddr {
+                ifindex: 2,
+                ifname: "stor0".into(),
+                addr: "10.20.0.1".parse().expect("ok"),
+                prefix_len: 24,
+                peer: None,
+            }],
+            ifaces: Vec::new(),
+            routes: Vec::new(),
+        };
+        let p = Policy::build(&options, &edits, &d).expect("build");
+        assert_eq!(
+            p.get(&parse_net("10.20.0.0/24").expect("ok"))
+                .map(|r| r.action),
+            Some(Action::Allow)
+        );
+        assert!(matches!(
+            del_rules(&mut edits, &p, &[parse_net("10.99.0.0/16").expect("ok")]),
+            Err(GuardError::NotInForce(_))
+        ));
+        del_rules(&mut edits, &p, &[parse_net("10.20.0.1/32").expect("ok")]).expect("in force");
+        let p = Policy::build(&options, &edits, &d).expect("build");
+        assert!(
+            p.get(&parse_net("10.20.0.1/32").expect("ok")).is_none(),
+            "removed stays removed"
+        );
+
+        // What `rules save` writes gives the same policy with no edits.
+        let saved = options_with_edits(&options, &edits, &default_protected(&d));
+        let again = Policy::build(&saved, &Edits::default(), &d).expect("saved options build");
+        let key = |p: &Policy| -> Vec<(IpNet, Action)> {
+            p.rules.iter().map(|r| (r.net, r.action)).collect()
+        };
+        assert_eq!(key(&again), key(&p));
+        assert!(
+            saved
+                .exclude
+                .contains(&parse_net("10.20.0.0/24").expect("ok"))
+        );
+
+        assert_eq!(reset_edits(&mut edits, &[]).expect("reset"), 2);
+        assert!(edits.is_empty());
+    }
+
+    #[test]
+    fn prefix_errors_say_what_is_wrong() {
+        let e = parse_net("10.0.0.0/33").expect_err("too long").to_string();
+        assert!(
+            e.contains("prefix length /33 is too long for IPv4 (at most /32)"),
+            "{e}"
+        );
+        let e = parse_net("fd00::/129").expect_err("too long").to_string();
+        assert!(e.contains("too long for IPv6 (at most /128)"), "{e}");
+        let e = parse_net("10.0.0.300/24")
+            .expect_err("bad address")
+            .to_string();
+        assert!(e.contains("\"10.0.0.300/24\" is not a CIDR"), "{e}");
+        let e = parse_net("10.0.0.0/x").expect_err("bad length").to_string();
+        assert!(e.contains("is not a number"), "{e}");
+        assert!("10.0.0.0/8=".parse::<RuleArg>().is_err());
+        assert_eq!(arg("10.0.0.0/8").class, None);
     }
 
     #[test]

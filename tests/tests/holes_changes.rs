@@ -365,17 +365,17 @@ fn windows(hook: Option<&str>) {
                 }
                 Guarding::Agent => {
                     check::attach(&gctl, &host, addr::BRIDGE, hook).expect("attach");
-                    Some(
-                        Agent::start(&gctl, &host, addr::BRIDGE, &hook_args)
-                            .expect("start guardctl run"),
-                    )
+                    Some(Agent::start(&gctl, &host, addr::BRIDGE, &hook_args))
                 }
             };
             let r = run_window(&mut lab, window);
             if let Some(a) = agent {
-                let status = a.stop().expect("stop the agent");
-                if !status.success() {
-                    problems.push(format!("the agent exited with {status} after SIGTERM"));
+                match a.stop() {
+                    Some(status) if status.success() => {}
+                    Some(status) => {
+                        problems.push(format!("the agent exited with {status} after SIGTERM"));
+                    }
+                    None => problems.push("the agent did not exit after SIGTERM".to_owned()),
                 }
             }
             if guarding != Guarding::Nothing {

@@ -15,14 +15,14 @@
 )]
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
+    io::{BufRead as _, BufReader, Read as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
+use guard_tests::lab::guardctl::{Tmux, http_get};
 use serde_json::Value;
 
 const BRIDGE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x01, 0x01];
@@ -201,7 +201,9 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v[0].clone()
+        guard_tests::lab::guardctl::stats_entry(&v)
+            .expect("stats --json: one bridge")
+            .0
     }
 
     /// Polls `stats --json` until `done` holds (bounded), and returns the last reading.
@@ -498,31 +500,6 @@ fn events_below_the_limit_name_the_vm() {
     }
 }
 
-/// Runs `f` on a thread inside `ns` (the metrics server listens in the lab's namespace).
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        enter_netns(&ns);
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
 /// A `guardctl run` agent, stopped on drop.
 struct Agent(Child);
 
@@ -549,7 +526,9 @@ fn sample_value(s: &prometheus_parse::Sample) -> f64 {
 fn metrics_equal_stats_json() {
     const N: u64 = 30;
     let lab = Lab::new("m");
-    let addr = "127.0.0.1:9477";
+    // The listener is bound in the caller's (this test's) namespace: a free port there.
+    let addr = guard_tests::lab::guardctl::free_local_port().unwrap();
+    let addr = addr.as_str();
     let mut child = lab
         .guardctl()
         .args(["run", "br0", "--protect", PROTECT, "--metrics", addr])
@@ -579,7 +558,7 @@ fn metrics_equal_stats_json() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let (stats, body) = loop {
         let before = lab.stats();
-        let body = in_netns(&lab.host, move || http_get(addr, "/metrics"));
+        let body = http_get(addr, "/metrics").unwrap();
         let after = lab.stats();
         if before == after {
             break (after, body);
@@ -662,43 +641,6 @@ fn metrics_equal_stats_json() {
     drop(agent);
 }
 
-/// A tmux server of our own (private socket), killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket]);
-        c
-    }
-
-    fn capture(&self) -> String {
-        let out = self
-            .cmd()
-            .args(["capture-pane", "-p", "-t", "top"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn wait_for(&self, what: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
-        wait_until(
-            within,
-            || self.capture(),
-            |screen| ok(screen),
-            |screen| format!("{what} not shown within {within:?}:\n{screen}"),
-        )
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").output();
-    }
-}
-
 /// `top` in an 80x24 pseudo-terminal shows the attacking port within two seconds, and quits
 /// on `q`.
 #[test]
@@ -706,43 +648,24 @@ fn top_shows_the_attacking_port() {
     const N: usize = 20;
     let lab = Lab::new("t");
     lab.attach(&[]);
-    let tmux = Tmux {
-        socket: unique("tmux"),
-    };
     let command = format!(
         "{} --netns {} top br0; sleep 30",
         guardctl().display(),
         lab.host
     );
-    let out = tmux
-        .cmd()
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            "top",
-            "-x",
-            "80",
-            "-y",
-            "24",
-            &command,
-        ])
-        .output()
-        .expect("tmux is needed (cargo xtask setup installs it)");
-    assert!(
-        out.status.success(),
-        "tmux: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let tmux = Tmux::start(&unique("tmux"), &command).unwrap();
     tmux.wait_for("the top screen", Duration::from_secs(10), |s| {
         s.contains("guard top: br0")
-    });
+    })
+    .unwrap();
     lab.attack(N);
     let attacked = Instant::now();
-    let screen = tmux.wait_for("the attacking port", Duration::from_secs(2), |s| {
-        s.lines()
-            .any(|l| l.contains("vp0") && l.contains("deny_ipv4"))
-    });
+    let screen = tmux
+        .wait_for("the attacking port", Duration::from_secs(2), |s| {
+            s.lines()
+                .any(|l| l.contains("vp0") && l.contains("deny_ipv4"))
+        })
+        .unwrap();
     eprintln!("shown after {:?}:\n{screen}", attacked.elapsed());
     assert!(screen.lines().count() <= 24);
     assert!(
@@ -756,7 +679,8 @@ fn top_shows_the_attacking_port() {
         .unwrap();
     tmux.wait_for("top quitting", Duration::from_secs(5), |s| {
         !s.contains("guard top: br0")
-    });
+    })
+    .unwrap();
 }
 
 /// The lease entry of the lab's bridge, read from its pin.

@@ -38,6 +38,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("tmux", "the attack lab's panes"),
     ("ethtool", "offload settings on veths"),
     ("procps", "sysctl (forwarding on and off)"),
+    (
+        "systemd",
+        "systemd-analyze verify of guardctl@.service (a privileged test)",
+    ),
 ];
 
 /// The bpf-linker release measured to build against the toolchains' LLVM 22

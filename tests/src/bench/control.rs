@@ -30,7 +30,7 @@ use crate::lab::{NAME_BASE, NetNs};
 
 const BRIDGE: &str = "br0";
 /// How long `guardctl run` may take to attach and report that it is following the bridge.
-const AGENT_READY_TIMEOUT: Duration = Duration::from_mins(3);
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[derive(Clone, Debug, Default)]
 pub struct Results {

@@ -97,7 +97,10 @@ pub fn mode_problems(
             problems.push(format!("port {name} not in status: {status}"));
             continue;
         };
-        let mode = entry["mode"].as_str().unwrap_or("?");
+        let mode = entry["hook"].as_str().unwrap_or("?");
+        if entry["mode"] != "enforce" || entry["guarded"] != true {
+            problems.push(format!("port {name} not guarded and enforcing: {entry}"));
+        }
         if !modes.contains(&mode) {
             problems.push(format!(
                 "port {name} hooked as {mode}, wanted one of {modes:?}"

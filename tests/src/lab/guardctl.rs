@@ -1,5 +1,6 @@
 //! Driving `guardctl` from tests: where the binary is, running it, reading `status --json`
-//! and `stats --json`, and a guard that removes a namespace's pins and state on drop.
+//! and `stats --json`, the agent (`guardctl run`) as a child process, a tmux session for
+//! `top`, bounded polling, and a guard that removes a namespace's pins and state on drop.
 //!
 //! `guardctl` is a binary of another package (`guard-userspace`), and cargo only builds the
 //! binaries of the package under test for its integration tests (`CARGO_BIN_EXE_*` does not
@@ -11,7 +12,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -103,14 +104,35 @@ impl Guardctl {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `status BRIDGE --json`: the bridge's entry.
+    /// `status BRIDGE --json`: the bridge's entry, whatever the health (its exit code is
+    /// [`Guardctl::status_code`]).
     pub fn status(&self, netns: &str, bridge: &str) -> Result<serde_json::Value> {
-        let out = self.ok(Some(netns), &["status", bridge, "--json"])?;
+        self.status_code(netns, bridge).map(|(v, _)| v)
+    }
+
+    /// `status BRIDGE --json`: the bridge's entry and the exit code (0 healthy, 2 monitored,
+    /// 3 unguarded; anything else is an error).
+    pub fn status_code(&self, netns: &str, bridge: &str) -> Result<(serde_json::Value, i32)> {
+        let out = self.output(Some(netns), &["status", bridge, "--json"])?;
+        let code = out.status.code().unwrap_or(-1);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if ![0, 2, 3].contains(&code) {
+            bail!(
+                "`guardctl --netns {netns} status {bridge} --json` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
         let v: serde_json::Value =
-            serde_json::from_str(&out).with_context(|| format!("status --json: {out:?}"))?;
-        v.get(0)
+            serde_json::from_str(&text).with_context(|| format!("status --json: {text:?}"))?;
+        if v["schema"] != "guardctl.status.v1" {
+            bail!("status --json without its schema: {text}");
+        }
+        let entry = v["bridges"]
+            .get(0)
             .cloned()
-            .with_context(|| format!("status --json has no entry for {bridge}: {out}"))
+            .with_context(|| format!("status --json has no entry for {bridge}: {text}"))?;
+        Ok((entry, code))
     }
 
     /// `stats BRIDGE --json`: the bridge's counters.
@@ -118,11 +140,16 @@ impl Guardctl {
         let out = self.ok(Some(netns), &["stats", bridge, "--json"])?;
         let v: serde_json::Value =
             serde_json::from_str(&out).with_context(|| format!("stats --json: {out:?}"))?;
-        v.get(0)
-            .cloned()
-            .map(Stats)
-            .with_context(|| format!("stats --json has no entry for {bridge}: {out}"))
+        stats_entry(&v).with_context(|| format!("stats --json has no entry for {bridge}: {out}"))
     }
+}
+
+/// The first bridge of a `stats --json` document (`guardctl.stats.v1`).
+#[must_use]
+pub fn stats_entry(v: &serde_json::Value) -> Option<Stats> {
+    (v["schema"] == "guardctl.stats.v1")
+        .then(|| v["bridges"].get(0).cloned().map(Stats))
+        .flatten()
 }
 
 /// One bridge's `stats --json` entry.
@@ -319,55 +346,99 @@ impl Drop for PinScope {
     }
 }
 
-/// `guardctl run BRIDGE` (the agent) as a child process, killed (SIGKILL) on drop if still
-/// running. Its standard output is echoed to stderr with an `[agent]` prefix and can be
-/// waited on line by line.
+/// Poll interval while waiting for the kernel or the agent (always with a deadline).
+pub const POLL: Duration = Duration::from_millis(2);
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// `guardctl run` as a child process, its stdout read line by line (and echoed to stderr);
+/// killed (SIGKILL) on drop if still running.
 pub struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
+    pub child: Child,
+    lines: mpsc::Receiver<(Instant, String)>,
 }
 
 impl Agent {
-    /// Starts the agent on `bridge` in `netns` (`extra`: more options of `guardctl run`, such
-    /// as `--hook tc`) and waits until it reports that it follows the bridge.
-    pub fn start(gctl: &Guardctl, netns: &str, bridge: &str, extra: &[&str]) -> Result<Self> {
-        let mut args = vec!["run", bridge];
-        args.extend_from_slice(extra);
+    /// Starts `guardctl [--netns NS] run BRIDGE ARGS...` and waits until it reports that it
+    /// follows the bridge.
+    ///
+    /// # Panics
+    /// When it cannot start or does not get that far within 20 s.
+    #[must_use]
+    pub fn start(gctl: &Guardctl, netns: &str, bridge: &str, args: &[&str]) -> Self {
+        let mut agent = Self::spawn(gctl, netns, bridge, args);
+        agent.wait_for("agent following", Duration::from_secs(20));
+        agent
+    }
+
+    /// Starts the agent without waiting for anything.
+    ///
+    /// # Panics
+    /// When it cannot start.
+    #[must_use]
+    pub fn spawn(gctl: &Guardctl, netns: &str, bridge: &str, args: &[&str]) -> Self {
+        let mut all = vec!["run", bridge];
+        all.extend_from_slice(args);
         let mut child = gctl
-            .command(Some(netns), &args)
+            .command(Some(netns), &all)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting guardctl run {bridge} in {netns}"))?;
-        let out = child.stdout.take().context("the agent's stdout")?;
+            .expect("start guardctl run");
+        let out = child.stdout.take().expect("agent stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let at = Instant::now();
                 eprintln!("  [agent] {line}");
-                if tx.send(line).is_err() {
+                if tx.send((at, line)).is_err() {
                     break;
                 }
             }
         });
-        let mut agent = Self { child, lines };
-        agent.wait_for("agent following", Duration::from_secs(20))?;
-        Ok(agent)
+        Self { child, lines }
     }
 
-    /// Waits for a line of the agent's output containing `what`, and returns it.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration) -> Result<String> {
+    /// Waits for a line of the agent's output containing `what`.
+    ///
+    /// # Panics
+    /// When no such line comes within `timeout`.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration) -> String {
+        self.wait_for_at(what, timeout).1
+    }
+
+    /// Like [`Agent::wait_for`], with the instant the line was read.
+    ///
+    /// # Panics
+    /// When no such line comes within `timeout`.
+    pub fn wait_for_at(&mut self, what: &str, timeout: Duration) -> (Instant, String) {
+        self.try_wait_for(what, timeout).unwrap_or_else(|e| {
+            let status = self.child.try_wait().ok().flatten();
+            panic!("the agent did not print {what:?} within {timeout:?} ({e}; exit {status:?})")
+        })
+    }
+
+    /// Waits for a line containing `what`; the error says why none came.
+    pub fn try_wait_for(&mut self, what: &str, timeout: Duration) -> Result<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(what) => return Ok(l),
+                Ok((at, l)) if l.contains(what) => return Ok((at, l)),
                 Ok(_) => {}
-                Err(e) => {
-                    let status = self.child.try_wait().ok().flatten();
-                    bail!(
-                        "the agent did not print {what:?} within {timeout:?} ({e}; exit {status:?})"
-                    )
-                }
+                Err(e) => bail!("{e}"),
             }
         }
     }
@@ -378,35 +449,40 @@ impl Agent {
     }
 
     /// Sends `sig` to the agent.
-    pub fn signal(&mut self, sig: libc::c_int) -> Result<()> {
+    ///
+    /// # Panics
+    /// When kill(2) fails.
+    pub fn signal(&mut self, sig: libc::c_int) {
         // SAFETY: kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id().cast_signed(), sig) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("kill({}, {sig})", self.child.id()));
-        }
-        Ok(())
+        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
     }
 
-    /// Waits for the agent to exit.
-    pub fn wait(&mut self) -> Result<ExitStatus> {
-        self.child.wait().context("waiting for the agent")
+    /// SIGTERM (enforcement stays in place), then waits (bounded) for the exit; `None` if it
+    /// is still running 10 s later.
+    #[must_use]
+    pub fn stop(mut self) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(10))
     }
 
-    /// SIGTERM (enforcement stays in place), then waits for the exit.
-    pub fn stop(mut self) -> Result<ExitStatus> {
-        self.signal(libc::SIGTERM)?;
-        self.wait()
+    /// Waits (bounded) for the agent to exit; `None` if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        poll(timeout, || self.child.try_wait().ok().flatten())
     }
 
     /// Resident memory in KiB (`VmRSS` of /proc/<pid>/status).
-    pub fn rss_kib(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid());
-        let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    ///
+    /// # Panics
+    /// When /proc cannot be read.
+    #[must_use]
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read the agent's /proc status");
         s.lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no VmRSS in {path}"))
+            .expect("VmRSS in /proc/<pid>/status")
     }
 }
 
@@ -417,4 +493,103 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A tmux server of our own (private socket) running one command in an 80x24 window named
+/// `top`; killed on drop.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `command` (a shell command line) in a new detached 80x24 session.
+    pub fn start(socket: &str, command: &str) -> Result<Self> {
+        let t = Self {
+            socket: socket.to_owned(),
+        };
+        let out = t
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "top",
+                "-x",
+                "80",
+                "-y",
+                "24",
+                command,
+            ])
+            .output()
+            .context("tmux is needed (cargo xtask setup installs it)")?;
+        if !out.status.success() {
+            bail!("tmux: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(t)
+    }
+
+    #[must_use]
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket]);
+        c
+    }
+
+    /// The window's text now.
+    #[must_use]
+    pub fn capture(&self) -> String {
+        self.cmd()
+            .args(["capture-pane", "-p", "-t", "top"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Polls the window until `ok` holds of it, within `within`; returns that screen.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        ok: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let mut last = String::new();
+        poll(within, || {
+            last = self.capture();
+            ok(&last).then(|| last.clone())
+        })
+        .with_context(|| format!("{what} not shown within {within:?}:\n{last}"))
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").output();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 of the caller's namespace now, as `127.0.0.1:PORT` (the
+/// kernel picks it; another process could take it before it is used, which only fails
+/// that bind).
+pub fn free_local_port() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr().context("local address")?.to_string())
+}
+
+/// `GET path` over HTTP/1.0 to `addr` (in the caller's namespace); the body of a 200.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .context("socket timeout")?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").context("sending the request")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).context("reading the answer")?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP header end in {resp:?}"))?;
+    if !(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200")) {
+        bail!("GET {path} from {addr}: {head}");
+    }
+    Ok(body.to_owned())
 }

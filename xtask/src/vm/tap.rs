@@ -25,7 +25,7 @@ const GUEST_MAC: &str = "52:54:00:12:34:56";
 /// The host's unprotected address on the guest bridge (plan.rs in guard-vmcheck agrees).
 const BRIDGE_ADDR: &str = "10.99.0.1/24";
 /// The tap guest only boots and sends: measured at 6 s; the margin is for loaded machines.
-pub const TIMEOUT: Duration = Duration::from_mins(3);
+pub const TIMEOUT: Duration = Duration::from_secs(180);
 const PROTECT: [&str; 2] = ["192.0.2.0/24=storage", "2001:db8:99::/48=management"];
 
 pub struct Binaries<'a> {

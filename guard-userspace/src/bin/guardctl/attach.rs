@@ -5,13 +5,15 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use guard::{
-    attach::{Guard, embedded_object},
-    config, discovery,
-    policy::{parse_allow, parse_protect},
+    attach::{Changes, Guard, Hook, embedded_object},
+    config,
+    discovery::{self, Discovery},
+    policy::{Action, RuleArg, parse_net},
     state::Options,
 };
+use ipnet::IpNet;
 
-use crate::{Cli, output};
+use crate::{Cli, exit, output};
 
 #[derive(Args, Clone)]
 pub struct AttachArgs {
@@ -21,17 +23,24 @@ pub struct AttachArgs {
     /// storage, or your own). Repeatable. Without any, guard protects every network and
     /// address the host holds outside the bridge (link-local and multicast excepted).
     #[arg(long, value_name = "CIDR[=CLASS]")]
-    pub protect: Vec<String>,
+    pub protect: Vec<RuleArg>,
     /// Let guests reach CIDR even inside a protected range (longest prefix wins).
     #[arg(long, value_name = "CIDR[=CLASS]")]
-    pub allow: Vec<String>,
+    pub allow: Vec<RuleArg>,
+    /// Protect the discovered set as well as the --protect prefixes (the default when no
+    /// --protect is given).
+    #[arg(long)]
+    pub discover: bool,
+    /// Take CIDR out of the discovered set (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub exclude: Vec<IpNet>,
     /// Read options for BRIDGE from this TOML file (flags add to it).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Hook: xdp (native; a port that refuses it falls back to generic XDP, then TCX, then
     /// tc, and says why), xdp-generic, tcx, or tc (a `cls_bpf` filter, for kernels before 6.6).
     #[arg(long, value_name = "HOOK")]
-    pub hook: Option<String>,
+    pub hook: Option<Hook>,
     /// Do not hook the bridge device itself. By default a backstop on its TC ingress judges
     /// every frame the bridge passes up to the host, whatever its MAC, so a port that is not
     /// hooked yet, a changed bridge or port MAC, or a macvlan leave no gap.
@@ -63,15 +72,22 @@ pub struct AttachArgs {
     #[arg(long)]
     pub strict_mac: bool,
     /// Treat this MAC as the host's too (repeatable).
-    #[arg(long, value_name = "MAC")]
+    #[arg(long, value_name = "MAC", value_parser = parse_mac_arg)]
     pub host_mac: Vec<String>,
     /// Most drop events per second per port that the datapath describes to a reader
     /// (`guardctl events`, `top`); 0 turns events off. Default 100.
     #[arg(long, value_name = "N")]
     pub event_rate: Option<u32>,
-    /// Print the result as JSON.
+    /// Print the result as JSON (`run`: one JSON object per line for each agent event).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--host-mac`: a MAC is validated like any other argument (a usage error).
+fn parse_mac_arg(s: &str) -> Result<String, String> {
+    discovery::parse_mac(s)
+        .map(|m| discovery::fmt_mac(&m))
+        .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
 }
 
 /// The options for an attach: the configuration file's entry for the bridge, if any, with
@@ -84,10 +100,13 @@ pub fn options(a: &AttachArgs) -> Result<Options> {
                 format!("{} has no [[bridge]] named {:?}", path.display(), a.bridge)
             })?
         }
-        None => Options::default(),
+        None => Options {
+            hook: Hook::Xdp.to_string(),
+            ..Options::default()
+        },
     };
-    if let Some(h) = &a.hook {
-        o.hook.clone_from(h);
+    if let Some(h) = a.hook {
+        o.hook = h.to_string();
     }
     o.bridge_hook &= !a.no_bridge_hook;
     o.route_check &= !a.no_route_check;
@@ -101,38 +120,73 @@ pub fn options(a: &AttachArgs) -> Result<Options> {
     if a.event_rate.is_some() {
         o.event_rate = a.event_rate;
     }
-    for p in &a.protect {
-        o.protect.push(parse_protect(p, "cli")?);
+    if a.discover {
+        o.discover = Some(true);
     }
-    for p in &a.allow {
-        o.allow.push(parse_allow(p, "cli")?);
-    }
+    o.exclude.extend(a.exclude.iter().copied());
+    o.protect
+        .extend(a.protect.iter().map(|r| r.rule(Action::Deny, "cli")));
+    o.allow
+        .extend(a.allow.iter().map(|r| r.rule(Action::Allow, "cli")));
     Ok(o)
 }
 
-pub async fn attach(cli: &Cli, a: &AttachArgs) -> Result<Guard> {
+/// Discovers `bridge` in the current network namespace.
+pub async fn discover(bridge: &str) -> Result<Discovery> {
+    let handle = discovery::connect()?;
+    discovery::discover(&handle, bridge)
+        .await
+        .with_context(|| format!("discovering bridge {bridge:?}"))
+}
+
+/// Attaches with the options of `a`, discovered as `found`. Fallbacks and failures go to
+/// stderr.
+pub fn attach_with(cli: &Cli, a: &AttachArgs, found: &Discovery) -> Result<(Guard, Changes)> {
     let loc = cli.location(&a.bridge);
     let opts = options(a)?;
-    let handle = discovery::connect()?;
-    let found = discovery::discover(&handle, &a.bridge)
-        .await
-        .with_context(|| format!("discovering bridge {:?}", a.bridge))?;
-    let (guard, changes) = Guard::attach(&loc, opts, &found, embedded_object())
+    let (guard, changes) = Guard::attach(&loc, opts, found, embedded_object())
         .with_context(|| format!("attaching to bridge {:?}", a.bridge))?;
     for (port, mode, fallback) in &changes.hooked {
         if let Some(why) = fallback {
             eprintln!("guardctl: {port}: using {mode} ({why})");
         }
     }
-    Ok(guard)
+    report_failures(&a.bridge, &changes);
+    if !guard.state.edits.is_empty() {
+        eprintln!(
+            "guardctl: {}: {} live rule edit(s) kept (`{} rules list {}`; `rules reset` \
+             drops them, `rules save` writes them to the configuration file)",
+            a.bridge,
+            guard.state.edits.added.len() + guard.state.edits.removed.len(),
+            output::guardctl_for(cli.netns.as_deref()),
+            a.bridge
+        );
+    }
+    Ok((guard, changes))
+}
+
+/// Prints what a reconcile could not apply, one line per item, on stderr.
+pub fn report_failures(bridge: &str, changes: &Changes) {
+    for (item, e) in &changes.failures {
+        eprintln!(
+            "guardctl: {bridge}: {item} not applied: {}",
+            guard::attach::error_chain(e)
+        );
+    }
 }
 
 pub async fn run(cli: &Cli, a: &AttachArgs) -> Result<ExitCode> {
-    let guard = attach(cli, a).await?;
+    let found = discover(&a.bridge).await?;
+    let (guard, changes) = attach_with(cli, a, &found)?;
+    let view = output::status_of(&guard.loc, Some(&guard.state), Some(&found)).await;
     if a.json {
-        output::print_json(&output::status_of(&guard.loc, &guard.state))?;
+        output::print_json(&output::Schema::new("attach", &view))?;
     } else {
-        print!("{}", output::describe(&guard.loc, &guard.state));
+        print!("{}", output::describe(&view));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if changes.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::ERROR)
+    })
 }

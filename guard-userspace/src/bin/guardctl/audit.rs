@@ -74,7 +74,7 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> Result<ExitCode> {
     let report = audit_once(cli, a).await?;
     if !a.fix {
         if a.json {
-            output::print_json(&json_of(&report, None, None))?;
+            output::print_json(&output::Schema::new("audit", &json_of(&report, None, None)))?;
         } else {
             print!("{}", render(&report));
         }
@@ -87,7 +87,10 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> Result<ExitCode> {
     }
     if changes.is_empty() {
         if a.json {
-            output::print_json(&json_of(&report, Some(&[]), None))?;
+            output::print_json(&output::Schema::new(
+                "audit",
+                &json_of(&report, Some(&[]), None),
+            ))?;
         } else {
             println!("--fix: nothing that is safe to change automatically");
         }
@@ -98,7 +101,10 @@ pub async fn run(cli: &Cli, a: &AuditArgs) -> Result<ExitCode> {
         .context("applying the sysctl changes")?;
     let after = audit_once(cli, a).await?;
     if a.json {
-        output::print_json(&json_of(&after, Some(&applied), Some(&report.findings)))?;
+        output::print_json(&output::Schema::new(
+            "audit",
+            &json_of(&after, Some(&applied), Some(&report.findings)),
+        ))?;
     } else {
         println!("--fix: applied {} change(s):", applied.len());
         for c in &applied {
@@ -199,7 +205,12 @@ fn render(r: &Report) -> String {
             let head = if i == 0 { "  fix:  " } else { "   or:  " };
             wrap_into(&mut s, fix, head, "        ");
         }
-        wrap_into(&mut s, &f.fix_note, "  --fix: ", "         ");
+        wrap_into(
+            &mut s,
+            &fix_note_text(&f.fix_note),
+            "  --fix: ",
+            "         ",
+        );
     }
     let count = |sev| r.findings.iter().filter(|f| f.severity == sev).count();
     let _ = writeln!(
@@ -211,6 +222,19 @@ fn render(r: &Report) -> String {
         r.exit_status()
     );
     s
+}
+
+/// The finding's `fix_note` as the text report says it: the note records what `--fix` does
+/// ("applied: ..." / "not applied: ..."), which must not read as if something had been
+/// written when nobody asked for `--fix`.
+fn fix_note_text(note: &str) -> String {
+    if let Some(why) = note.strip_prefix("applied: ") {
+        format!("changes this ({why})")
+    } else if let Some(why) = note.strip_prefix("not applied: ") {
+        format!("leaves this alone ({why})")
+    } else {
+        note.to_owned()
+    }
 }
 
 /// Appends `text` word-wrapped to [`WIDTH`], the first line after `first`, the rest after

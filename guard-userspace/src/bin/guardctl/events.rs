@@ -24,7 +24,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{Cli, ports, status::attached};
+use crate::{Cli, output, ports, status::attached};
 
 #[derive(Args)]
 pub struct EventsArgs {
@@ -43,7 +43,7 @@ pub struct EventsArgs {
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
     /// Stop after SECS seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = crate::positive_secs)]
     pub timeout: Option<f64>,
 }
 
@@ -119,7 +119,8 @@ pub async fn run(cli: &Cli, a: &EventsArgs) -> Result<ExitCode> {
             let view = EventView::new(ev, &loc.bridge, labels.get(&ev.ifindex), rules);
             if !a.quiet {
                 if a.json {
-                    serde_json::to_writer(&mut stdout, &view).context("serialising JSON")?;
+                    serde_json::to_writer(&mut stdout, &output::Schema::new("events", &view))
+                        .context("serialising JSON")?;
                     writeln!(stdout).context("writing stdout")?;
                 } else {
                     writeln!(stdout, "{}", view.line()).context("writing stdout")?;

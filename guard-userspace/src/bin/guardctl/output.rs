@@ -1,23 +1,66 @@
-//! Human and JSON renderings shared by the verbs.
+//! Human and JSON renderings shared by the verbs. Every JSON document (and every JSON line)
+//! carries a `schema` field, `guardctl.<verb>.v<N>`: docs/cli.md describes each shape.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
     SchedClassifier, Xdp,
     links::{FdLink, PinnedLink},
 };
-use guard::{pins::Location, policy::Action, state::State};
+use guard::{
+    discovery::{self, Discovery},
+    identity,
+    pins::Location,
+    policy::Action,
+    state::{Failure, State},
+};
 use serde::Serialize;
 
+/// The version of every JSON shape guardctl prints; bump it for a verb whose shape changes
+/// incompatibly (a field removed or changing meaning; new fields are compatible).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A JSON document of `verb`: `{"schema": "guardctl.<verb>.v1", ...body}`.
+#[derive(Serialize)]
+pub struct Schema<'a, T: Serialize> {
+    pub schema: String,
+    #[serde(flatten)]
+    pub body: &'a T,
+}
+
+impl<'a, T: Serialize> Schema<'a, T> {
+    pub fn new(verb: &str, body: &'a T) -> Self {
+        Self {
+            schema: schema_name(verb),
+            body,
+        }
+    }
+}
+
+#[must_use]
+pub fn schema_name(verb: &str) -> String {
+    format!("guardctl.{verb}.v{SCHEMA_VERSION}")
+}
+
+/// One port of the bridge as `status` shows it: every port the bridge has now, hooked or not.
 #[derive(Serialize)]
 pub struct PortView {
     pub name: String,
     pub ifindex: u32,
-    pub mode: String,
+    /// The libvirt domain that owns the tap, when libvirt names one.
+    pub vm: Option<String>,
+    /// How guard hooks it (`xdp-native`, `xdp-generic`, `tcx`, `tc`), `None` when it does not.
+    pub hook: Option<String>,
+    /// `enforce` or `monitor` (count and report, but pass).
+    pub mode: &'static str,
+    /// A guard program is on the port's ingress hook in the kernel.
+    pub guarded: bool,
+    /// Why the hook is not the one asked for.
     pub fallback: Option<String>,
-    pub slot: u32,
-    pub monitor: bool,
+    /// Why the last reconcile could not hook it.
+    pub failure: Option<String>,
+    pub slot: Option<u32>,
     pub bridge_device: bool,
     /// Kernel id of the bpf link (None for `cls_bpf` filters, which are not links).
     pub link_id: Option<u32>,
@@ -29,23 +72,59 @@ pub struct PrefixView {
     pub prefix: String,
     pub class: String,
     pub source: String,
+    /// Added live (`guardctl rules add`).
+    pub live: bool,
+}
+
+/// How healthy a bridge (or a whole `status` run) is; the worst wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Every port guarded and enforcing.
+    Ok,
+    /// Every port guarded, some only monitor.
+    Monitored,
+    /// A port without a guard hook, an item not applied, or the bridge not attached.
+    Unguarded,
+}
+
+impl Health {
+    #[must_use]
+    pub const fn exit_code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Monitored => crate::exit::MONITORED,
+            Self::Unguarded => crate::exit::UNGUARDED,
+        }
+    }
 }
 
 #[derive(Serialize)]
 pub struct StatusView {
     pub bridge: String,
     pub netns: Option<String>,
+    pub attached: bool,
+    pub health: Health,
     pub since: u64,
     pub updated: u64,
+    /// `enforce` or `monitor` for the whole bridge.
     pub mode: &'static str,
     pub strict_mac: bool,
+    /// The hook asked for.
     pub hook: String,
     pub bridge_hook: bool,
+    /// The running agent (`guardctl run`), if any.
+    pub agent_pid: Option<u32>,
+    pub detaching: bool,
     pub program_ids: ProgramIds,
     pub ports: Vec<PortView>,
     pub protected: Vec<PrefixView>,
     pub allowed: Vec<PrefixView>,
-    pub host_macs: std::collections::BTreeMap<String, String>,
+    /// Prefixes taken out live (`guardctl rules del`).
+    pub removed: Vec<String>,
+    pub host_macs: BTreeMap<String, String>,
+    /// What the last reconcile could not apply.
+    pub failures: Vec<Failure>,
 }
 
 #[derive(Serialize)]
@@ -78,30 +157,52 @@ pub fn prog_ids(loc: &Location) -> (Option<u32>, Option<u32>) {
     (xdp, tc)
 }
 
-pub fn status_of(loc: &Location, state: &State) -> StatusView {
+/// The program ids on each of `ifaces`' ingress hooks (XDP, TCX, `cls_bpf`), from the
+/// kernel. An interface whose hooks cannot be read has none.
+async fn kernel_hooks(ifaces: &[(u32, String)]) -> BTreeMap<u32, Vec<u32>> {
+    let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let Ok(handle) = discovery::connect() else {
+        return out;
+    };
+    let xdp = guard::audit::xdp_progs(&handle).await.unwrap_or_default();
+    for (ifindex, name) in ifaces {
+        let ids = out.entry(*ifindex).or_default();
+        ids.extend(xdp.get(ifindex));
+        ids.extend(guard::audit::tcx_progs(name).unwrap_or_default());
+        ids.extend(
+            guard::audit::tc_progs(&handle, *ifindex)
+                .await
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// What `status` says about `loc`: its state (`None`: not attached) against the bridge's
+/// ports now (`found`, or discovered here when `None`; a bridge that does not exist has
+/// only the ports the state names) and the hooks the kernel reports on them.
+pub async fn status_of(
+    loc: &Location,
+    state: Option<&State>,
+    found: Option<&Discovery>,
+) -> StatusView {
+    let discovered = if found.is_none() {
+        match discovery::connect() {
+            Ok(h) => discovery::discover(&h, &loc.bridge).await.ok(),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let found = found.or(discovered.as_ref());
+    let default_state = State::default();
+    let s = state.unwrap_or(&default_state);
+    let o = &s.options;
     let (xdp, tc) = prog_ids(loc);
-    let o = &state.options;
-    let ports = state
-        .ports
-        .iter()
-        .map(|(ifindex, p)| {
-            let (link_id, program_id) = link_ids(loc, p.mode.pin_name(), *ifindex);
-            PortView {
-                name: p.name.clone(),
-                ifindex: *ifindex,
-                mode: p.mode.to_string(),
-                fallback: p.fallback.clone(),
-                slot: p.slot,
-                monitor: o.monitor || o.monitor_ports.contains(&p.name),
-                bridge_device: p.is_bridge,
-                link_id,
-                program_id,
-            }
-        })
-        .collect();
+    let ours: Vec<u32> = xdp.iter().chain(tc.iter()).copied().collect();
+    let ports = port_views(loc, state.is_some(), s, found, &ours).await;
     let view = |action: Action| {
-        state
-            .policy
+        s.policy
             .rules
             .iter()
             .filter(|r| r.action == action)
@@ -109,33 +210,114 @@ pub fn status_of(loc: &Location, state: &State) -> StatusView {
                 prefix: r.net.to_string(),
                 class: r.class.clone(),
                 source: r.source.clone(),
+                live: s.edits.added.contains(r),
             })
             .collect()
     };
+    let attached = state.is_some() && loc.is_attached();
+    let health = if !attached || !s.failures.is_empty() || ports.iter().any(|p| !p.guarded) {
+        Health::Unguarded
+    } else if o.monitor || ports.iter().any(|p| p.mode == "monitor") {
+        Health::Monitored
+    } else {
+        Health::Ok
+    };
     StatusView {
-        bridge: state.bridge.clone(),
-        netns: state.netns.clone(),
-        since: state.since,
-        updated: state.updated,
+        bridge: loc.bridge.clone(),
+        netns: loc.netns.clone(),
+        attached,
+        health,
+        since: s.since,
+        updated: s.updated,
         mode: if o.monitor { "monitor" } else { "enforce" },
         strict_mac: o.strict_mac,
         hook: o.hook.clone(),
         bridge_hook: o.bridge_hook,
+        agent_pid: s.live_agent().map(|a| a.pid),
+        detaching: s.detaching,
         program_ids: ProgramIds { xdp, tc },
         ports,
         protected: view(Action::Deny),
         allowed: view(Action::Allow),
-        host_macs: state.host_macs.clone(),
+        removed: s.edits.removed.iter().map(ToString::to_string).collect(),
+        host_macs: s.host_macs.clone(),
+        failures: s.failures.clone(),
     }
+}
+
+/// Every port to show: the bridge's ports now and the bridge device when guard hooks it
+/// (without `found`, the ports the state names), each checked against the kernel: guarded
+/// when one of `ours` (guard's program ids) is on its ingress.
+async fn port_views(
+    loc: &Location,
+    attached: bool,
+    s: &State,
+    found: Option<&Discovery>,
+    ours: &[u32],
+) -> Vec<PortView> {
+    let o = &s.options;
+    let mut ifaces: BTreeMap<u32, (String, bool)> = BTreeMap::new();
+    if let Some(f) = found {
+        for p in &f.ports {
+            ifaces.insert(p.index, (p.name.clone(), false));
+        }
+        if o.bridge_hook {
+            ifaces.insert(f.bridge.index, (f.bridge.name.clone(), true));
+        }
+    }
+    if found.is_none() {
+        // The bridge is gone (or unreadable): what the state names is all there is to show.
+        for (i, p) in &s.ports {
+            ifaces.insert(*i, (p.name.clone(), p.is_bridge));
+        }
+    }
+    let list: Vec<(u32, String)> = ifaces.iter().map(|(i, (n, _))| (*i, n.clone())).collect();
+    let hooks = kernel_hooks(&list).await;
+    let taps = identity::libvirt_taps(&identity::libvirt_run_dir());
+    let failure_of = |name: &str| {
+        s.failures.iter().find_map(|f| match &f.item {
+            guard::state::Item::Port { name: n, .. } if n == name => Some(f.error.clone()),
+            _ => None,
+        })
+    };
+    ifaces
+        .into_iter()
+        .map(|(ifindex, (name, is_bridge))| {
+            let p = s.ports.get(&ifindex);
+            let (link_id, program_id) =
+                p.map_or((None, None), |p| link_ids(loc, p.mode.pin_name(), ifindex));
+            let guarded = attached
+                && hooks
+                    .get(&ifindex)
+                    .is_some_and(|ids| ids.iter().any(|id| ours.contains(id)));
+            PortView {
+                vm: taps.get(&name).map(|n| n.domain.clone()),
+                hook: p.map(|p| p.mode.to_string()),
+                mode: if o.monitor || o.monitor_ports.contains(&name) {
+                    "monitor"
+                } else {
+                    "enforce"
+                },
+                guarded,
+                fallback: p.and_then(|p| p.fallback.clone()),
+                failure: failure_of(&name),
+                slot: p.map(|p| p.slot),
+                bridge_device: is_bridge,
+                link_id,
+                program_id,
+                name,
+                ifindex,
+            }
+        })
+        .collect()
 }
 
 fn aya_obj_xdp() -> aya_obj::programs::XdpAttachType {
     aya_obj::programs::XdpAttachType::Interface
 }
 
-/// The human summary printed by `attach` and `status`.
-pub fn describe(loc: &Location, state: &State) -> String {
-    let v = status_of(loc, state);
+/// The human summary printed by `attach`, `run` and `status`.
+pub fn describe(v: &StatusView) -> String {
     let mut s = String::new();
     let ns = v
         .netns
@@ -143,38 +325,115 @@ pub fn describe(loc: &Location, state: &State) -> String {
         .map_or(String::new(), |n| format!(" in netns {n}"));
     // Two lines: namespace names can be long and the output must fit 80 columns.
     let _ = writeln!(s, "guard: {}{ns}", v.bridge);
-    let _ = writeln!(
-        s,
-        "  {} mode, {} port(s), hook {}, since {}",
-        v.mode,
-        v.ports.len(),
-        v.hook,
-        fmt_time(v.since)
-    );
+    if v.attached {
+        let guarded = v.ports.iter().filter(|p| p.guarded).count();
+        let agent = v
+            .agent_pid
+            .map_or(String::new(), |p| format!(", agent pid {p}"));
+        let _ = writeln!(
+            s,
+            "  {} mode, {guarded} of {} port(s) guarded, hook {}, since {}{agent}",
+            v.mode,
+            v.ports.len(),
+            v.hook,
+            fmt_time(v.since)
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "  not attached: nothing guards its {} port(s)",
+            v.ports.len()
+        );
+    }
+    if v.detaching {
+        let _ = writeln!(s, "  being detached (or a detach was interrupted)");
+    }
+    if !v.ports.is_empty() {
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<12} {:<8} {:<8} VM",
+            "PORT", "HOOK", "MODE", "GUARDED"
+        );
+    }
     for p in &v.ports {
-        let fb = p
-            .fallback
-            .as_deref()
-            .map_or(String::new(), |f| format!(" ({f})"));
-        let what = if p.bridge_device {
-            " [bridge device]"
+        let name = if p.bridge_device {
+            format!("{} [bridge]", p.name)
         } else {
-            ""
+            p.name.clone()
         };
-        let _ = writeln!(s, "  port {:<16} {}{what}{fb}", p.name, p.mode);
-    }
-    let _ = writeln!(s, "  protects {} prefix(es):", v.protected.len());
-    for r in &v.protected {
-        let _ = writeln!(s, "    {:<24} {:<12} {}", r.prefix, r.class, r.source);
-    }
-    if !v.allowed.is_empty() {
-        let _ = writeln!(s, "  allows {} prefix(es):", v.allowed.len());
-        for r in &v.allowed {
-            let _ = writeln!(s, "    {:<24} {:<12} {}", r.prefix, r.class, r.source);
+        let _ = writeln!(
+            s,
+            "  {name:<16} {:<12} {:<8} {:<8} {}",
+            p.hook.as_deref().unwrap_or("-"),
+            p.mode,
+            if p.guarded { "yes" } else { "NO" },
+            p.vm.as_deref().unwrap_or("-")
+        );
+        if let Some(f) = &p.fallback {
+            let _ = writeln!(s, "    fallback: {f}");
+        }
+        if let Some(f) = &p.failure {
+            let _ = writeln!(s, "    not hooked: {f}");
+        } else if !p.guarded && p.hook.is_none() && v.attached {
+            let gc = guardctl_for(v.netns.as_deref());
+            let _ = writeln!(
+                s,
+                "    not hooked: it joined after the attach and no agent hooked it \
+                 (`{gc} attach {b}` or `{gc} run {b}`)",
+                b = v.bridge
+            );
+        } else if !p.guarded && v.attached {
+            let _ = writeln!(s, "    no guard program on its hook in the kernel");
         }
     }
-    let _ = writeln!(s, "  host MACs: {}", v.host_macs.len());
+    for f in v
+        .failures
+        .iter()
+        .filter(|f| !matches!(f.item, guard::state::Item::Port { .. }))
+    {
+        let _ = writeln!(s, "  {} not applied: {}", f.item, f.error);
+    }
+    if v.attached {
+        let _ = writeln!(s, "  protects {} prefix(es):", v.protected.len());
+        for r in &v.protected {
+            let _ = writeln!(s, "    {}", prefix_line(r));
+        }
+        if !v.allowed.is_empty() {
+            let _ = writeln!(s, "  allows {} prefix(es):", v.allowed.len());
+            for r in &v.allowed {
+                let _ = writeln!(s, "    {}", prefix_line(r));
+            }
+        }
+        if !v.removed.is_empty() {
+            let _ = writeln!(s, "  removed live: {}", v.removed.join(", "));
+        }
+        let _ = writeln!(s, "  host MACs: {}", v.host_macs.len());
+    }
+    let _ = writeln!(
+        s,
+        "  health: {} (exit {})",
+        serde_json::to_value(v.health)
+            .ok()
+            .and_then(|h| h.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        v.health.exit_code()
+    );
     s
+}
+
+/// `guardctl`, with `--netns NS` when the bridge is in a named namespace: how hints name a
+/// command the operator can type as shown.
+#[must_use]
+pub fn guardctl_for(netns: Option<&str>) -> String {
+    netns.map_or_else(
+        || "guardctl".to_owned(),
+        |n| format!("guardctl --netns {n}"),
+    )
+}
+
+fn prefix_line(r: &PrefixView) -> String {
+    let live = if r.live { " (live)" } else { "" };
+    format!("{:<24} {:<12} {}{live}", r.prefix, r.class, r.source)
 }
 
 pub fn fmt_time(unix: u64) -> String {

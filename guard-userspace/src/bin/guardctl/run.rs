@@ -1,12 +1,23 @@
 //! `guardctl run`: the agent.
 //!
-//! Attaches like `attach`, then follows rtnetlink events (links, bridge FDB and neighbours,
-//! addresses). After each burst of events it re-discovers and reconciles: a port enslaved to
-//! the bridge is hooked, a port that left is unhooked, host MAC and address changes reach
-//! the maps. SIGTERM and SIGINT end the agent and leave enforcement pinned; SIGHUP re-reads
-//! the configuration file.
+//! Waits for the bridge to exist (a libvirt network may come up after the agent), attaches
+//! like `attach`, records itself in the bridge's state (so `detach` can stop it), then follows
+//! rtnetlink: links, the bridge's permanent (local) FDB entries, addresses and IPv4/IPv6
+//! routes. After a relevant event it re-discovers and reconciles through `Guard::update`, the
+//! path every verb uses: under the bridge's lock, on the state as it is on disk, so live
+//! edits made with `guardctl rules` are picked up, never overwritten. A port enslaved to the
+//! bridge is hooked, a port that left is unhooked, host MAC and address changes reach the
+//! maps; each item on its own, so one that fails (a full MAC table, a port that refuses every
+//! hook) is reported and the others still apply.
+//!
+//! Latency: events are filtered by content (a learned FDB entry, which a busy bridge makes
+//! hundreds of per second, is irrelevant), and a reconcile starts [`SETTLE`] after the last
+//! relevant event of a burst, at most [`MAX_DELAY`] after its first, however much else
+//! arrives. SIGTERM and SIGINT end the agent and leave enforcement pinned; SIGHUP re-reads
+//! the configuration file; a detach (which marks the state, then sends SIGTERM) ends it too.
 
 use std::{
+    net::SocketAddr,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -14,8 +25,19 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use futures::StreamExt as _;
-use guard::{attach::Guard, config, discovery};
+use guard::{
+    GuardError,
+    attach::{Changes, Guard, error_chain, modify_state},
+    discovery::{self, Discovery},
+    state::{AgentRecord, State},
+};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    neighbour::{NeighbourMessage, NeighbourState},
+};
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::sys::AsyncSocket as _;
+use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{Cli, attach::AttachArgs, output};
@@ -24,152 +46,606 @@ use crate::{Cli, attach::AttachArgs, output};
 pub struct RunArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
-    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. 127.0.0.1:9477).
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (e.g. 127.0.0.1:9477). The address
+    /// is bound in the caller's network namespace, also with --netns.
     #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<SocketAddr>,
 }
 
 // rtnetlink multicast groups (linux/rtnetlink.h).
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const RTNLGRP_IPV6_IFADDR: u32 = 9;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
-/// Quiet time that ends a burst of events, and the longest a burst may delay a reconcile
-/// (a steady stream of FDB learning must not starve it).
-const SETTLE: Duration = Duration::from_millis(30);
-const MAX_DELAY: Duration = Duration::from_millis(200);
+/// Quiet time after a relevant event before the reconcile (a VM start brings a link, its
+/// enslavement and its local FDB entry within a few milliseconds).
+const SETTLE: Duration = Duration::from_millis(5);
+/// The longest a burst of relevant events may delay a reconcile.
+const MAX_DELAY: Duration = Duration::from_millis(20);
+/// A reconcile without any event, as a safety net (a detach that could not signal the
+/// agent, an overrun the kernel did not report).
+const RESYNC: Duration = Duration::from_secs(30);
+/// The socket's receive buffer: room for a burst of FDB learning between two reads.
+const RX_BUFFER: usize = 4 << 20;
 
-pub async fn run(cli: &Cli, a: &RunArgs) -> Result<ExitCode> {
-    let bridge = a.attach.bridge.clone();
-    // Subscribe before the first discovery, so nothing between the two is missed.
-    let (mut conn, handle, mut events) =
+/// Binds the metrics listener (before `--netns` is entered, so the address is the host's).
+pub fn bind_metrics(a: &RunArgs) -> Result<Option<tiny_http::Server>> {
+    a.metrics
+        .map(|addr| {
+            tiny_http::Server::http(addr)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("serving metrics on {addr}"))
+        })
+        .transpose()
+}
+
+/// One line of `run --json` (`guardctl.run.v1`).
+#[derive(Serialize, Default)]
+struct AgentEvent<'a> {
+    schema: String,
+    /// `waiting`, `attached`, `hooked`, `released`, `macs`, `policy`, `failed`, `reloaded`,
+    /// `bridge-gone`, `detached`, `exiting`.
+    event: &'a str,
+    bridge: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Still protected (on `exiting`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protected: Option<bool>,
+    /// The text line.
+    message: String,
+}
+
+/// Prints agent events as text lines, or as JSON lines with `--json`.
+struct Out<'a> {
+    json: bool,
+    bridge: &'a str,
+}
+
+impl<'a> Out<'a> {
+    fn emit(&self, mut ev: AgentEvent<'a>) {
+        ev.bridge = self.bridge;
+        if self.json {
+            ev.schema = output::schema_name("run");
+            match serde_json::to_string(&ev) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("guardctl: serialising an event: {e}"),
+            }
+        } else {
+            // One stream, in order, failures included: it is the agent's log.
+            println!("guard: {}", ev.message);
+        }
+    }
+
+    fn say(&self, event: &'a str, message: String) {
+        self.emit(AgentEvent {
+            event,
+            message,
+            ..AgentEvent::default()
+        });
+    }
+
+    fn changes(&self, changes: &'a Changes, state: &State) {
+        let b = self.bridge;
+        for (port, mode, fallback) in &changes.hooked {
+            let fb = fallback
+                .as_deref()
+                .map_or(String::new(), |f| format!(" ({f})"));
+            self.emit(AgentEvent {
+                event: "hooked",
+                port: Some(port),
+                hook: Some(mode.to_string()),
+                fallback: fallback.as_deref(),
+                message: format!("{b}: hooked {port} ({mode}){fb}"),
+                ..AgentEvent::default()
+            });
+        }
+        for port in &changes.unhooked {
+            self.emit(AgentEvent {
+                event: "released",
+                port: Some(port),
+                message: format!("{b}: released {port}"),
+                ..AgentEvent::default()
+            });
+        }
+        if changes.macs_changed {
+            self.say(
+                "macs",
+                format!("{b}: host MAC set updated ({} MACs)", state.host_macs.len()),
+            );
+        }
+        if changes.rule_writes > 0 {
+            self.say(
+                "policy",
+                format!("{b}: policy updated ({} map writes)", changes.rule_writes),
+            );
+        }
+        for (item, e) in &changes.failures {
+            self.emit(AgentEvent {
+                event: "failed",
+                item: Some(item.to_string()),
+                error: Some(error_chain(e)),
+                message: format!("{b}: {item} not applied: {}", error_chain(e)),
+                ..AgentEvent::default()
+            });
+        }
+    }
+}
+
+/// The rtnetlink event stream.
+type Events = futures::channel::mpsc::UnboundedReceiver<(
+    NetlinkMessage<RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+/// Opens the event socket, subscribed to every group guard follows, and a request handle.
+fn subscribe() -> Result<(rtnetlink::Handle, Events)> {
+    let (mut conn, handle, events) =
         rtnetlink::new_connection().context("opening the rtnetlink event socket")?;
+    let sock = conn.socket_mut().socket_mut();
     // Bind first: an unbound netlink socket has port id 0, and the kernel skips a listener
     // whose port id equals the notification's (netlink.c do_one_broadcast(): `nlk->portid ==
     // p->portid`), which is 0 for every notification not echoed to a requester, that is for
     // every `ip link set ... master` of another process. Unbound, the agent heard nothing.
-    conn.socket_mut()
-        .socket_mut()
-        .bind_auto()
+    sock.bind_auto()
         .context("binding the rtnetlink event socket")?;
+    // Best effort: a larger buffer only makes an overrun (then a full resync) rarer.
+    let _ = sock.set_rx_buf_sz(RX_BUFFER);
     for group in [
         RTNLGRP_LINK,
         RTNLGRP_NEIGH,
         RTNLGRP_IPV4_IFADDR,
         RTNLGRP_IPV6_IFADDR,
+        RTNLGRP_IPV4_ROUTE,
+        RTNLGRP_IPV6_ROUTE,
     ] {
-        conn.socket_mut()
-            .socket_mut()
-            .add_membership(group)
+        sock.add_membership(group)
             .with_context(|| format!("joining rtnetlink group {group}"))?;
     }
     tokio::spawn(conn);
+    Ok((handle, events))
+}
 
-    // Bind before attaching: a taken port fails the agent before it changes anything.
-    let server = match a.metrics {
-        Some(addr) => Some(
-            tiny_http::Server::http(addr)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .with_context(|| format!("serving metrics on {addr}"))?,
-        ),
-        None => None,
+/// Does this notification change anything guard derives from the kernel? Links (ports,
+/// MACs), addresses and routes do; of the neighbour group only the bridge's permanent (local)
+/// FDB entries, which are host MACs. Learned FDB entries, ARP and NDP entries do not. An
+/// overrun (the kernel dropped notifications) does: only a full reconcile can catch up.
+fn relevant(msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
+    match &msg.payload {
+        NetlinkPayload::InnerMessage(m) => match m {
+            RouteNetlinkMessage::NewLink(_)
+            | RouteNetlinkMessage::DelLink(_)
+            | RouteNetlinkMessage::SetLink(_)
+            | RouteNetlinkMessage::NewAddress(_)
+            | RouteNetlinkMessage::DelAddress(_)
+            | RouteNetlinkMessage::NewRoute(_)
+            | RouteNetlinkMessage::DelRoute(_) => true,
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                local_fdb(n)
+            }
+            _ => false,
+        },
+        NetlinkPayload::Overrun(_) => true,
+        _ => false,
+    }
+}
+
+fn local_fdb(n: &NeighbourMessage) -> bool {
+    n.header.family == AddressFamily::Bridge && n.header.state == NeighbourState::Permanent
+}
+
+/// When the pending reconcile is due: `SETTLE` after the last relevant event, at most
+/// `MAX_DELAY` after the first.
+#[derive(Default)]
+struct Pending {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Pending {
+    fn note(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    fn due(&self) -> Option<Instant> {
+        Some((self.last? + SETTLE).min(self.first? + MAX_DELAY))
+    }
+}
+
+/// Why the agent stops.
+enum Stop {
+    Signal,
+    Detached,
+}
+
+pub async fn run(cli: &Cli, a: &RunArgs, metrics: Option<tiny_http::Server>) -> Result<ExitCode> {
+    let bridge = a.attach.bridge.clone();
+    let out = Out {
+        json: a.attach.json,
+        bridge: &bridge,
     };
-    let mut guard = crate::attach::attach(cli, &a.attach).await?;
-    print!("{}", output::describe(&guard.loc, &guard.state));
-    if let Some(server) = server {
-        let loc = guard.loc.clone();
-        // A plain thread: tiny_http blocks, and scrapes must not stall the netlink loop. It
-        // inherits the network namespace (setns happened before any thread was started).
+    let loc = cli.location(&bridge);
+    // Subscribe before the first discovery, so nothing between the two is missed.
+    let (handle, mut events) = subscribe()?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    if let Some(other) = State::load(&loc)?.and_then(|s| s.live_agent()) {
+        anyhow::bail!(
+            "an agent (pid {}) already follows {bridge}: stop it first (or `systemctl stop \
+             guardctl@{bridge}`)",
+            other.pid
+        );
+    }
+
+    let Some(found) = wait_for_bridge(&handle, &mut events, &out, &mut term, &mut int).await?
+    else {
+        return Ok(never_attached(&out));
+    };
+    let (mut guard, changes) = crate::attach::attach_with(cli, &a.attach, &found)?;
+    let me = AgentRecord::current();
+    modify_state(&loc, |s| s.agent = me).context("recording the agent in the state")?;
+    if a.attach.json {
+        out.changes(&changes, &guard.state);
+    } else {
+        let view = output::status_of(&loc, Some(&guard.state), Some(&found)).await;
+        print!("{}", output::describe(&view));
+    }
+    if let Some(server) = metrics {
+        let loc = loc.clone();
+        // A plain thread: tiny_http blocks, and scrapes must not stall the netlink loop. The
+        // listener was bound in the caller's namespace; the thread reads only pins and state.
         std::thread::Builder::new()
             .name("metrics".to_owned())
             .spawn(move || crate::metrics::serve(&server, &loc))
             .context("starting the metrics thread")?;
         if let Some(addr) = a.metrics {
-            println!("guard: metrics at http://{addr}/metrics");
+            out.say("metrics", format!("metrics at http://{addr}/metrics"));
         }
     }
-    println!("guard: agent following {bridge}; SIGTERM/SIGINT leave enforcement in place");
+    out.say(
+        "attached",
+        format!("agent following {bridge}; SIGTERM/SIGINT leave enforcement in place"),
+    );
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let stop = follow(
+        &mut guard,
+        a,
+        &handle,
+        &mut events,
+        &out,
+        (&mut term, &mut int, &mut hup),
+    )
+    .await?;
+    Ok(exit(&out, &loc, stop, me).await)
+}
+
+/// Discovers the bridge, waiting (on rtnetlink link events) for it to appear. `None`: a
+/// signal ended the wait.
+async fn wait_for_bridge(
+    handle: &rtnetlink::Handle,
+    events: &mut Events,
+    out: &Out<'_>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Result<Option<Discovery>> {
+    let bridge = out.bridge;
     loop {
-        tokio::select! {
-            ev = events.next() => {
-                if ev.is_none() {
-                    anyhow::bail!("the rtnetlink event socket closed");
-                }
-                let start = Instant::now();
-                while start.elapsed() < MAX_DELAY {
-                    match tokio::time::timeout(SETTLE, events.next()).await {
-                        Ok(Some(_)) => {}
-                        _ => break,
+        match discovery::discover(handle, bridge).await {
+            Ok(found) => return Ok(Some(found)),
+            Err(GuardError::NoSuchInterface(_)) => {}
+            Err(e) => return Err(e).with_context(|| format!("discovering bridge {bridge:?}")),
+        }
+        out.say(
+            "waiting",
+            format!("waiting for bridge {bridge} to appear (following rtnetlink)"),
+        );
+        loop {
+            tokio::select! {
+                ev = events.next() => {
+                    let ev = ev.context("the rtnetlink event socket closed")?;
+                    if relevant(&ev.0) {
+                        break;
                     }
                 }
-                if let Err(e) = reconcile(&mut guard, &handle, &bridge).await {
-                    // Keep running: enforcement stays as it was; the next event retries.
-                    eprintln!("guardctl: reconciling {bridge}: {e:#}");
-                }
+                _ = term.recv() => return Ok(None),
+                _ = int.recv() => return Ok(None),
             }
-            _ = hup.recv() => {
-                if let Err(e) = reload(&mut guard, &handle, &bridge).await {
-                    eprintln!("guardctl: reloading the configuration: {e:#}");
-                }
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
         }
     }
-    println!(
-        "guard: agent exiting; {bridge} stays protected (guardctl detach {bridge} removes it)"
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
-async fn reconcile(guard: &mut Guard, handle: &rtnetlink::Handle, bridge: &str) -> Result<()> {
-    let found = discovery::discover(handle, bridge)
-        .await
-        .with_context(|| format!("discovering bridge {bridge:?}"))?;
-    let changes = guard.reconcile(&found)?;
-    for (port, mode, fallback) in &changes.hooked {
-        let fb = fallback
-            .as_deref()
-            .map_or(String::new(), |f| format!(" ({f})"));
-        println!("guard: {bridge}: hooked {port} ({mode}){fb}");
-    }
-    for port in &changes.unhooked {
-        println!("guard: {bridge}: released {port}");
-    }
-    if changes.macs_changed {
-        println!(
-            "guard: {bridge}: host MAC set updated ({} MACs)",
-            guard.state.host_macs.len()
-        );
-    }
-    if changes.rule_writes > 0 {
-        println!(
-            "guard: {bridge}: policy updated ({} map writes)",
-            changes.rule_writes
-        );
-    }
-    Ok(())
-}
+type Signals<'s> = (
+    &'s mut tokio::signal::unix::Signal,
+    &'s mut tokio::signal::unix::Signal,
+    &'s mut tokio::signal::unix::Signal,
+);
 
-async fn reload(guard: &mut Guard, handle: &rtnetlink::Handle, bridge: &str) -> Result<()> {
-    let Some(path) = guard.state.options.config_file.clone() else {
-        println!("guard: SIGHUP: no configuration file to re-read");
-        return Ok(());
+/// The agent's loop: relevant events (bounded latency, see [`Pending`]), the resync timer
+/// and SIGHUP reconcile; SIGTERM/SIGINT or a detach end it.
+async fn follow(
+    guard: &mut Guard,
+    a: &RunArgs,
+    handle: &rtnetlink::Handle,
+    events: &mut Events,
+    out: &Out<'_>,
+    (term, int, hup): Signals<'_>,
+) -> Result<Stop> {
+    let bridge = out.bridge;
+    let mut pending = Pending::default();
+    let mut bridge_gone = false;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.reset();
+    let stop = loop {
+        let due = pending.due();
+        let wake = due.map_or_else(
+            || tokio::time::Instant::now() + RESYNC,
+            tokio::time::Instant::from_std,
+        );
+        let reconcile_now = tokio::select! {
+            ev = events.next() => {
+                let ev = ev.context("the rtnetlink event socket closed")?;
+                if relevant(&ev.0) {
+                    pending.note(Instant::now());
+                }
+                false
+            }
+            () = tokio::time::sleep_until(wake), if due.is_some() => true,
+            _ = resync.tick() => true,
+            _ = hup.recv() => {
+                // A reload is a reconcile; after a failed one, reconcile anyway (a detach
+                // shows there, and ends the agent).
+                match reload(guard, a).await {
+                    Ok(changes) => {
+                        out.say("reloaded", "re-read the configuration".to_owned());
+                        out.changes(&changes, &guard.state);
+                        false
+                    }
+                    Err(e) => {
+                        out.emit(AgentEvent {
+                            event: "failed",
+                            item: Some("configuration".to_owned()),
+                            error: Some(format!("{e:#}")),
+                            message: format!("reloading the configuration: {e:#}"),
+                            ..AgentEvent::default()
+                        });
+                        true
+                    }
+                }
+            }
+            _ = term.recv() => break Stop::Signal,
+            _ = int.recv() => break Stop::Signal,
+        };
+        if !reconcile_now {
+            continue;
+        }
+        pending = Pending::default();
+        let found = match discovery::discover(handle, bridge).await {
+            Ok(f) => {
+                bridge_gone = false;
+                f
+            }
+            Err(GuardError::NoSuchInterface(_)) => {
+                if !bridge_gone {
+                    out.say(
+                        "bridge-gone",
+                        format!(
+                            "{bridge} no longer exists; waiting for it to come back \
+                             (its ports left with it)"
+                        ),
+                    );
+                }
+                bridge_gone = true;
+                continue;
+            }
+            Err(e) => {
+                // Keep running: enforcement stays as it was; the next event retries.
+                out.emit(AgentEvent {
+                    event: "failed",
+                    item: Some("discovery".to_owned()),
+                    error: Some(error_chain(&e)),
+                    message: format!("discovering {bridge}: {}", error_chain(&e)),
+                    ..AgentEvent::default()
+                });
+                continue;
+            }
+        };
+        match reconcile(guard, &found) {
+            Ok(changes) => out.changes(&changes, &guard.state),
+            Err(GuardError::NotAttached(_)) => break Stop::Detached,
+            Err(e) => out.emit(AgentEvent {
+                event: "failed",
+                error: Some(error_chain(&e)),
+                message: format!("reconciling {bridge}: {}", error_chain(&e)),
+                ..AgentEvent::default()
+            }),
+        }
     };
-    let cfg = config::load(&path)?;
-    let mut opts = cfg
-        .bridge(bridge)
-        .cloned()
-        .with_context(|| format!("{} no longer configures {bridge:?}", path.display()))?;
-    // Live rule changes survive a reload.
-    opts.added = std::mem::take(&mut guard.state.options.added);
-    opts.removed = std::mem::take(&mut guard.state.options.removed);
-    guard.state.options = opts;
-    println!("guard: re-read {}", path.display());
-    reconcile(guard, handle, bridge).await
+    Ok(stop)
+}
+
+fn reconcile(guard: &mut Guard, found: &Discovery) -> guard::Result<Changes> {
+    guard.update(found, |_| Ok(()))
+}
+
+/// SIGHUP: the options are read again (configuration file, then the command line's flags);
+/// live edits stay. Applied by the reconcile that follows.
+async fn reload(guard: &mut Guard, a: &RunArgs) -> Result<Changes> {
+    let opts = crate::attach::options(&a.attach)?;
+    let found = crate::attach::discover(&a.attach.bridge).await?;
+    Ok(guard.update(&found, |s| {
+        s.options = opts;
+        Ok(())
+    })?)
+}
+
+fn never_attached(out: &Out<'_>) -> ExitCode {
+    out.emit(AgentEvent {
+        event: "exiting",
+        protected: Some(false),
+        message: format!(
+            "agent exiting; {} never appeared, so nothing was attached",
+            out.bridge
+        ),
+        ..AgentEvent::default()
+    });
+    ExitCode::SUCCESS
+}
+
+/// Leaves the state without the agent and says, truthfully, what stays in force.
+async fn exit(
+    out: &Out<'_>,
+    loc: &guard::pins::Location,
+    stop: Stop,
+    me: Option<AgentRecord>,
+) -> ExitCode {
+    let b = out.bridge;
+    let gc = output::guardctl_for(loc.netns.as_deref());
+    let state = modify_state(loc, |s| {
+        if s.agent == me {
+            s.agent = None;
+        }
+    });
+    let (protected, message) = match (stop, state) {
+        (_, Ok(Some(s))) if s.detaching => (
+            false,
+            format!(
+                "agent exiting: {b} is being detached (guardctl detach); guard no longer \
+                 protects it"
+            ),
+        ),
+        (Stop::Detached, _) | (_, Ok(None)) => (
+            false,
+            format!("agent exiting: {b} was detached; guard does not protect it"),
+        ),
+        (Stop::Signal, Ok(Some(s))) => {
+            let v = output::status_of(loc, Some(&s), None).await;
+            let guarded = v.ports.iter().filter(|p| p.guarded).count();
+            let total = v.ports.len();
+            if v.health == output::Health::Unguarded {
+                (
+                    guarded > 0,
+                    format!(
+                        "agent exiting; {b} is only partly protected: {guarded} of {total} \
+                         port(s) guarded (`{gc} status {b}`)"
+                    ),
+                )
+            } else {
+                let mode = if v.health == output::Health::Monitored {
+                    " (some only monitor)"
+                } else {
+                    ""
+                };
+                (
+                    true,
+                    format!(
+                        "agent exiting; {b} stays protected: {guarded} of {total} port(s) \
+                         guarded{mode}, pinned in the kernel ({gc} detach {b} removes \
+                         it); ports that join from now on are not guarded until the agent \
+                         runs again"
+                    ),
+                )
+            }
+        }
+        (Stop::Signal, Err(e)) => (
+            false,
+            format!(
+                "agent exiting; cannot tell whether {b} stays protected: {}",
+                error_chain(&e)
+            ),
+        ),
+    };
+    out.emit(AgentEvent {
+        event: "exiting",
+        protected: Some(protected),
+        message,
+        ..AgentEvent::default()
+    });
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::{
+        address::AddressMessage, link::LinkMessage, route::RouteMessage,
+    };
+
+    fn msg(m: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+        NetlinkMessage::from(m)
+    }
+
+    fn neigh(family: AddressFamily, state: NeighbourState) -> NeighbourMessage {
+        let mut n = NeighbourMessage::default();
+        n.header.family = family;
+        n.header.state = state;
+        n
+    }
+
+    #[test]
+    fn only_events_guard_derives_from_are_relevant() {
+        let fdb = |state| {
+            msg(RouteNetlinkMessage::NewNeighbour(neigh(
+                AddressFamily::Bridge,
+                state,
+            )))
+        };
+        // A learned FDB entry (what a busy bridge makes hundreds of per second): irrelevant.
+        assert!(!relevant(&fdb(NeighbourState::Reachable)));
+        assert!(!relevant(&fdb(NeighbourState::Stale)));
+        // A local (permanent) FDB entry is a host MAC.
+        assert!(relevant(&fdb(NeighbourState::Permanent)));
+        assert!(relevant(&msg(RouteNetlinkMessage::DelNeighbour(neigh(
+            AddressFamily::Bridge,
+            NeighbourState::Permanent
+        )))));
+        // ARP and NDP entries: irrelevant.
+        assert!(!relevant(&msg(RouteNetlinkMessage::NewNeighbour(neigh(
+            AddressFamily::Inet,
+            NeighbourState::Permanent
+        )))));
+        for m in [
+            RouteNetlinkMessage::NewLink(LinkMessage::default()),
+            RouteNetlinkMessage::DelLink(LinkMessage::default()),
+            RouteNetlinkMessage::NewAddress(AddressMessage::default()),
+            RouteNetlinkMessage::DelAddress(AddressMessage::default()),
+            RouteNetlinkMessage::NewRoute(RouteMessage::default()),
+            RouteNetlinkMessage::DelRoute(RouteMessage::default()),
+        ] {
+            assert!(relevant(&msg(m.clone())), "{m:?}");
+        }
+        let overrun: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::new(
+            rtnetlink::packet_core::NetlinkHeader::default(),
+            NetlinkPayload::Overrun(Vec::new()),
+        );
+        assert!(relevant(&overrun), "an overrun needs a full reconcile");
+    }
+
+    #[test]
+    fn a_burst_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = Pending::default();
+        assert!(p.due().is_none());
+        p.note(t0);
+        assert_eq!(p.due(), Some(t0 + SETTLE));
+        // Relevant events every 2 ms for a second: the reconcile is still due MAX_DELAY after
+        // the first.
+        for i in 1..500 {
+            p.note(t0 + Duration::from_millis(2 * i));
+        }
+        assert_eq!(p.due(), Some(t0 + MAX_DELAY));
+    }
 }

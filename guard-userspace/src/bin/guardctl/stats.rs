@@ -12,11 +12,19 @@ use crate::{Cli, output, status::attached};
 pub struct StatsArgs {
     /// Only this bridge (default: every attached bridge in scope).
     pub bridge: Option<String>,
-    /// Print JSON (an array of bridges).
+    /// Print JSON (`guardctl.stats.v1`; with --watch one such object per line).
     #[arg(long)]
     pub json: bool,
-    /// Refresh every SECS seconds (default 1) and show rates, until interrupted.
-    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+    /// Refresh every second (`--watch=SECS`: every SECS seconds) and show rates, until
+    /// interrupted. The value needs the `=`, so `--watch br-guest` watches br-guest.
+    #[arg(
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "1",
+        value_parser = crate::positive_secs
+    )]
     pub watch: Option<f64>,
 }
 
@@ -25,6 +33,12 @@ fn gather(cli: &Cli, bridge: Option<&str>) -> Result<Vec<BridgeStats>> {
         .iter()
         .map(|loc| collect(loc).with_context(|| format!("reading counters of {:?}", loc.bridge)))
         .collect()
+}
+
+/// `stats --json`: `{"schema": "guardctl.stats.v1", "bridges": [...]}`.
+#[derive(serde::Serialize)]
+struct StatsJson<'a> {
+    bridges: &'a [BridgeStats],
 }
 
 type Key = (String, String, &'static str);
@@ -107,15 +121,12 @@ pub async fn run(cli: &Cli, a: &StatsArgs) -> Result<ExitCode> {
     let Some(secs) = a.watch else {
         let all = gather(cli, a.bridge.as_deref())?;
         if a.json {
-            output::print_json(&all)?;
+            output::print_json(&output::Schema::new("stats", &StatsJson { bridges: &all }))?;
         } else {
             print!("{}", render(&all, None));
         }
         return Ok(ExitCode::SUCCESS);
     };
-    if !(secs.is_finite() && secs > 0.0) {
-        anyhow::bail!("--watch needs a positive number of seconds, not {secs}");
-    }
     let mut prev: Option<Flat> = None;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(secs));
     loop {
@@ -127,7 +138,8 @@ pub async fn run(cli: &Cli, a: &StatsArgs) -> Result<ExitCode> {
         if a.json {
             println!(
                 "{}",
-                serde_json::to_string(&all).context("serialising JSON")?
+                serde_json::to_string(&output::Schema::new("stats", &StatsJson { bridges: &all }))
+                    .context("serialising JSON")?
             );
         } else {
             println!("--- {}", output::fmt_time(guard::state::now()));

@@ -1,4 +1,7 @@
-//! `guardctl status`.
+//! `guardctl status`: a health gate as well as a report. Every port the bridge has now is
+//! listed, hooked or not; the exit code is the worst health over the bridges shown (0 every
+//! port guarded and enforcing, 2 some only monitor, 3 one is unguarded or the bridge is not
+//! attached).
 
 use std::process::ExitCode;
 
@@ -8,14 +11,19 @@ use guard::{
     pins::{self, Location},
     state::State,
 };
+use serde::Serialize;
 
-use crate::{Cli, output};
+use crate::{
+    Cli,
+    output::{self, Health, StatusView},
+};
 
 #[derive(Args)]
 pub struct StatusArgs {
-    /// Only this bridge (default: every attached bridge in scope).
+    /// Only this bridge (default: every attached bridge in scope). A bridge named here that
+    /// is not attached is reported as unguarded.
     pub bridge: Option<String>,
-    /// Print JSON (an array of bridges).
+    /// Print JSON (`guardctl.status.v1`, docs/cli.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -34,23 +42,44 @@ pub fn attached(cli: &Cli, bridge: Option<&str>) -> Result<Vec<Location>> {
         .collect())
 }
 
-pub fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    health: Health,
+    exit_status: u8,
+    bridges: &'a [StatusView],
+}
+
+pub async fn run(cli: &Cli, a: &StatusArgs) -> Result<ExitCode> {
     let mut views = Vec::new();
     for loc in attached(cli, a.bridge.as_deref())? {
-        let state = State::load(&loc)
-            .with_context(|| format!("reading the state of {:?}", loc.bridge))?
-            .with_context(|| format!("bridge {:?} is not attached", loc.bridge))?;
-        views.push((loc, state));
+        let state =
+            State::load(&loc).with_context(|| format!("reading the state of {:?}", loc.bridge))?;
+        views.push(output::status_of(&loc, state.as_ref(), None).await);
     }
+    // Nothing attached is nothing guarded.
+    let health = views
+        .iter()
+        .map(|v| v.health)
+        .max()
+        .unwrap_or(Health::Unguarded);
     if a.json {
-        let v: Vec<_> = views.iter().map(|(l, s)| output::status_of(l, s)).collect();
-        output::print_json(&v)?;
+        output::print_json(&output::Schema::new(
+            "status",
+            &StatusJson {
+                health,
+                exit_status: health.exit_code(),
+                bridges: &views,
+            },
+        ))?;
     } else if views.is_empty() {
-        println!("guard: no bridge attached");
+        println!(
+            "guard: no bridge attached ({})",
+            cli.netns.as_deref().unwrap_or(pins::HOST_SCOPE)
+        );
     } else {
-        for (l, s) in &views {
-            print!("{}", output::describe(l, s));
+        for v in &views {
+            print!("{}", output::describe(v));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(health.exit_code()))
 }

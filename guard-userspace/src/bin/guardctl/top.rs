@@ -33,7 +33,7 @@ pub struct TopArgs {
     /// The bridge (default: the only attached bridge in scope).
     pub bridge: Option<String>,
     /// Seconds between counter refreshes.
-    #[arg(long, value_name = "SECS", default_value_t = 0.5)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.5, value_parser = crate::positive_secs)]
     pub interval: f64,
 }
 
@@ -241,11 +241,7 @@ impl View {
             .recent
             .iter()
             .map(|v| {
-                let ep = |ip: Option<std::net::IpAddr>, port: Option<u16>| match (ip, port) {
-                    (Some(a), Some(p)) => format!("{a}:{p}"),
-                    (Some(a), None) => a.to_string(),
-                    (None, _) => "-".to_owned(),
-                };
+                let ep = guard::events::endpoint;
                 Line::raw(format!(
                     "{} {} {} > {} {} {}",
                     v.time.get(11..23).unwrap_or(&v.time),
@@ -273,9 +269,6 @@ fn bold() -> Style {
 }
 
 pub async fn run(cli: &Cli, a: &TopArgs) -> Result<ExitCode> {
-    if !(a.interval.is_finite() && a.interval > 0.0) {
-        anyhow::bail!("--interval needs a positive number of seconds");
-    }
     let crate::events::Opened {
         loc,
         state,

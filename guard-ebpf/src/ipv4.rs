@@ -95,10 +95,17 @@ fn source_routed<F: Frame>(f: &F, start: usize, len: usize) -> Result<bool, Malf
     let bytes: [u8; 64] = unsafe { core::mem::transmute(buf.assume_init()) };
     // No separate step counter: `p` grows by at least one a step and stops at `len <= 40`,
     // and without a counter the verifier's states at the loop head differ only in `p` and
-    // prune (with a counter every step is a new state: the walk's branches multiply).
+    // prune (with a counter every step is a new state: the walk's branches multiply). The
+    // indexes are masked through a volatile read: LLVM knows `p < len <= 40` and would drop a
+    // plain mask, and verifiers before 6.8 do not learn `p`'s bound from `p < len`.
+    let at = |i: usize| {
+        // SAFETY: a read of a live local.
+        let i = unsafe { core::ptr::read_volatile(&raw const i) };
+        bytes[i & 63]
+    };
     let mut p = 0usize;
     while p < len {
-        match bytes[p & 63] {
+        match at(p) {
             IPOPT_END => return Ok(false),
             IPOPT_NOOP => p += 1,
             IPOPT_LSRR | IPOPT_SSRR => return Ok(true),
@@ -106,7 +113,7 @@ fn source_routed<F: Frame>(f: &F, start: usize, len: usize) -> Result<bool, Malf
                 if p + 1 >= len {
                     return Err(Malformed);
                 }
-                let opt_len = usize::from(bytes[(p + 1) & 63]);
+                let opt_len = usize::from(at(p + 1));
                 if opt_len < 2 || p + opt_len > len {
                     return Err(Malformed);
                 }

@@ -34,19 +34,21 @@ use guard_common::model::{Route, RouteKind};
 
 /// ifindex of the loopback device in a new namespace.
 pub const LO: u32 = 1;
-/// The guest bridge (input interface of every route lookup).
-pub const GBR: u32 = 2;
-/// The protected interface (`prot0`; its veth peer `prot1` is 5).
-pub const PROT: u32 = 6;
-/// The uplink (`up0`; its peer `up1` is 7).
-pub const UPLINK: u32 = 8;
+/// The guest bridge (input interface of every route lookup). The world's interfaces get
+/// fixed, high ifindexes (`ip link add ... index N`): a kernel with tunnel modules loaded
+/// puts their fallback devices (`tunl0`, `gre0`, `sit0`, ...) into every new namespace first.
+pub const GBR: u32 = 102;
+/// The protected interface (`prot0`; its veth peer `prot1` is 105).
+pub const PROT: u32 = 106;
+/// The uplink (`up0`; its peer `up1` is 107).
+pub const UPLINK: u32 = 108;
 
 const SETUP: &str = "\
 link set lo up
-link add gbr type bridge stp_state 0
-link add gp0 type veth peer name gp1
-link add prot0 type veth peer name prot1
-link add up0 type veth peer name up1
+link add gbr index 102 type bridge stp_state 0
+link add gp0 index 104 type veth peer name gp1 index 103
+link add prot0 index 106 type veth peer name prot1 index 105
+link add up0 index 108 type veth peer name up1 index 107
 link set gp0 master gbr
 link set gbr up
 link set gp0 up

@@ -468,7 +468,7 @@ fn guard_view(loc: &Location) -> Result<Option<(GuardView, Option<State>)>> {
     if !loc.is_attached() {
         return Ok(None);
     }
-    let prog_ids = ["xdp", "tc"]
+    let prog_ids = ["xdp", "tc", "bridge"]
         .iter()
         .filter_map(|h| ProgramInfo::from_pin(loc.prog_pin(h)).ok())
         .map(|i| i.id())

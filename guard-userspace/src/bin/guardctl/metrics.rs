@@ -41,13 +41,13 @@ fn scrape(loc: &Location) -> Result<String> {
     let state = State::load(loc)
         .with_context(|| format!("reading the state of {:?}", loc.bridge))?
         .unwrap_or_default();
-    let (xdp, tc) = crate::output::prog_ids(loc);
+    let ids = crate::output::prog_ids(loc);
     let vms = crate::ports::vms(&state);
     render(&[BridgeMetrics {
         stats: &counters,
         state: &state,
-        xdp_prog_id: xdp,
-        tc_prog_id: tc,
+        xdp_prog_id: ids.xdp,
+        tc_prog_id: ids.tc,
         vms: &vms,
     }])
     .context("encoding metrics")

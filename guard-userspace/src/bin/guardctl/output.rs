@@ -113,6 +113,13 @@ pub struct StatusView {
     /// The hook asked for.
     pub hook: String,
     pub bridge_hook: bool,
+    /// The kernel's route lookup judges what no prefix rule decides.
+    pub route_check: bool,
+    pub allow_tunnels: bool,
+    /// Interfaces guests may be routed out of besides the bridge.
+    pub uplinks: Vec<String>,
+    /// UDP ports treated as tunnels.
+    pub tunnel_ports: Vec<u16>,
     /// The running agent (`guardctl run`), if any.
     pub agent_pid: Option<u32>,
     pub detaching: bool,
@@ -127,10 +134,12 @@ pub struct StatusView {
     pub failures: Vec<Failure>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Copy, Serialize)]
 pub struct ProgramIds {
     pub xdp: Option<u32>,
     pub tc: Option<u32>,
+    /// The bridge device's backstop (`guard_bridge`).
+    pub bridge: Option<u32>,
 }
 
 fn link_ids(loc: &Location, hook: &str, ifindex: u32) -> (Option<u32>, Option<u32>) {
@@ -144,17 +153,23 @@ fn link_ids(loc: &Location, hook: &str, ifindex: u32) -> (Option<u32>, Option<u3
     }
 }
 
-/// Kernel ids of the pinned XDP and TC programs, where they can be read.
-pub fn prog_ids(loc: &Location) -> (Option<u32>, Option<u32>) {
+/// Kernel ids of the pinned programs, where they can be read.
+pub fn prog_ids(loc: &Location) -> ProgramIds {
     let xdp = Xdp::from_pin(loc.prog_pin("xdp"), aya_obj_xdp())
         .ok()
         .and_then(|p| p.info().ok())
         .map(|i| i.id());
-    let tc = SchedClassifier::from_pin(loc.prog_pin("tc"))
-        .ok()
-        .and_then(|p| p.info().ok())
-        .map(|i| i.id());
-    (xdp, tc)
+    let tc_id = |pin: &str| {
+        SchedClassifier::from_pin(loc.prog_pin(pin))
+            .ok()
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id())
+    };
+    ProgramIds {
+        xdp,
+        tc: tc_id("tc"),
+        bridge: tc_id("bridge"),
+    }
 }
 
 /// The program ids on each of `ifaces`' ingress hooks (XDP, TCX, `cls_bpf`), from the
@@ -198,8 +213,11 @@ pub async fn status_of(
     let default_state = State::default();
     let s = state.unwrap_or(&default_state);
     let o = &s.options;
-    let (xdp, tc) = prog_ids(loc);
-    let ours: Vec<u32> = xdp.iter().chain(tc.iter()).copied().collect();
+    let program_ids = prog_ids(loc);
+    let ours: Vec<u32> = [program_ids.xdp, program_ids.tc, program_ids.bridge]
+        .into_iter()
+        .flatten()
+        .collect();
     let ports = port_views(loc, state.is_some(), s, found, &ours).await;
     let view = |action: Action| {
         s.policy
@@ -235,7 +253,16 @@ pub async fn status_of(
         bridge_hook: o.bridge_hook,
         agent_pid: s.live_agent().map(|a| a.pid),
         detaching: s.detaching,
-        program_ids: ProgramIds { xdp, tc },
+        program_ids,
+        route_check: o.route_check,
+        allow_tunnels: o.allow_tunnels,
+        uplinks: s
+            .egress
+            .iter()
+            .filter(|(i, _)| found.is_none_or(|f| f.bridge.index != **i))
+            .map(|(_, n)| n.clone())
+            .collect(),
+        tunnel_ports: s.tunnel_ports.clone(),
         ports,
         protected: view(Action::Deny),
         allowed: view(Action::Allow),
@@ -316,38 +343,9 @@ fn aya_obj_xdp() -> aya_obj::programs::XdpAttachType {
     aya_obj::programs::XdpAttachType::Interface
 }
 
-/// The human summary printed by `attach`, `run` and `status`.
-pub fn describe(v: &StatusView) -> String {
-    let mut s = String::new();
-    let ns = v
-        .netns
-        .as_deref()
-        .map_or(String::new(), |n| format!(" in netns {n}"));
-    // Two lines: namespace names can be long and the output must fit 80 columns.
-    let _ = writeln!(s, "guard: {}{ns}", v.bridge);
-    if v.attached {
-        let guarded = v.ports.iter().filter(|p| p.guarded).count();
-        let agent = v
-            .agent_pid
-            .map_or(String::new(), |p| format!(", agent pid {p}"));
-        let _ = writeln!(
-            s,
-            "  {} mode, {guarded} of {} port(s) guarded, hook {}, since {}{agent}",
-            v.mode,
-            v.ports.len(),
-            v.hook,
-            fmt_time(v.since)
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "  not attached: nothing guards its {} port(s)",
-            v.ports.len()
-        );
-    }
-    if v.detaching {
-        let _ = writeln!(s, "  being detached (or a detach was interrupted)");
-    }
+/// The port table of [`describe`]: hook, mode, guarded and VM per port, and why a port is not
+/// guarded.
+fn port_lines(s: &mut String, v: &StatusView) {
     if !v.ports.is_empty() {
         let _ = writeln!(
             s,
@@ -386,6 +384,64 @@ pub fn describe(v: &StatusView) -> String {
             let _ = writeln!(s, "    no guard program on its hook in the kernel");
         }
     }
+}
+
+/// What judges beyond the prefix rules: the route check and its uplinks, tunnels.
+fn route_line(v: &StatusView) -> String {
+    let route = if v.route_check {
+        let up = if v.uplinks.is_empty() {
+            "none".to_owned()
+        } else {
+            v.uplinks.join(", ")
+        };
+        format!("route check on (uplinks: {up})")
+    } else {
+        "route check off (prefix rules only)".to_owned()
+    };
+    let tunnels = if v.allow_tunnels {
+        "tunnels allowed"
+    } else {
+        "tunnels to the host dropped"
+    };
+    format!("{route}, {tunnels}")
+}
+
+/// The human summary printed by `attach`, `run` and `status`.
+pub fn describe(v: &StatusView) -> String {
+    let mut s = String::new();
+    let ns = v
+        .netns
+        .as_deref()
+        .map_or(String::new(), |n| format!(" in netns {n}"));
+    // Two lines: namespace names can be long and the output must fit 80 columns.
+    let _ = writeln!(s, "guard: {}{ns}", v.bridge);
+    if v.attached {
+        let guarded = v.ports.iter().filter(|p| p.guarded).count();
+        let agent = v
+            .agent_pid
+            .map_or(String::new(), |p| format!(", agent pid {p}"));
+        let _ = writeln!(
+            s,
+            "  {} mode, {guarded} of {} port(s) guarded, hook {}, since {}{agent}",
+            v.mode,
+            v.ports.len(),
+            v.hook,
+            fmt_time(v.since)
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "  not attached: nothing guards its {} port(s)",
+            v.ports.len()
+        );
+    }
+    if v.attached {
+        let _ = writeln!(s, "  {}", route_line(v));
+    }
+    if v.detaching {
+        let _ = writeln!(s, "  being detached (or a detach was interrupted)");
+    }
+    port_lines(&mut s, v);
     for f in v
         .failures
         .iter()

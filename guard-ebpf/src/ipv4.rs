@@ -103,8 +103,15 @@ fn source_routed<F: Frame>(f: &F, start: usize, len: usize) -> Result<bool, Malf
         let i = unsafe { core::ptr::read_volatile(&raw const i) };
         bytes[i & 63]
     };
+    // A second volatile read: LLVM must not know `len <= 40` here, or it drops the clamp
+    // below, which is what bounds `p` for verifiers that learn nothing from `p < len`.
+    // SAFETY: a read of a live local.
+    let len = unsafe { core::ptr::read_volatile(&raw const len) };
     let mut p = 0usize;
     while p < len {
+        if p > MAX_OPTION_BYTES {
+            return Err(Malformed);
+        }
         match at(p) {
             IPOPT_END => return Ok(false),
             IPOPT_NOOP => p += 1,

@@ -89,14 +89,14 @@ fn setup(bins: &Binaries<'_>, hook: &str) -> Result<String> {
     )?;
     let v: Value = serde_json::from_str(&status).context("parsing guardctl status --json")?;
     let mode = v
-        .pointer("/0/ports")
+        .pointer("/bridges/0/ports")
         .and_then(Value::as_array)
         .and_then(|ports| {
             ports
                 .iter()
                 .find(|p| p.get("name").and_then(Value::as_str) == Some(TAP))
         })
-        .and_then(|p| p.get("mode"))
+        .and_then(|p| p.get("hook"))
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("{TAP} is not hooked: {status}"))?;
     Ok(mode.to_owned())

@@ -79,7 +79,7 @@ fn guardctl_ports(
     let v: Value =
         serde_json::from_str(&out).with_context(|| format!("parsing `guardctl {verb} --json`"))?;
     let ports = v
-        .pointer("/0/ports")
+        .pointer("/bridges/0/ports")
         .and_then(Value::as_array)
         .cloned()
         .ok_or_else(|| anyhow!("no ports in `guardctl {verb} --json`: {out}"))?;
@@ -137,7 +137,7 @@ pub fn port_modes(
             let s = |k| p.get(k).and_then(Value::as_str).map(str::to_owned);
             (
                 s("name").unwrap_or_default(),
-                s("mode").unwrap_or_default(),
+                s("hook").unwrap_or_default(),
                 s("fallback"),
             )
         })

@@ -303,7 +303,7 @@ fn totals(guardctl: &Path) -> Result<BTreeMap<String, u64>> {
     let out = run(Command::new(guardctl).args(["stats", BRIDGE, "--json"]))?;
     let v: Value = serde_json::from_str(&out).context("parsing `guardctl stats --json`")?;
     let reasons = v
-        .pointer("/0/totals/reasons")
+        .pointer("/bridges/0/totals/reasons")
         .and_then(Value::as_object)
         .ok_or_else(|| anyhow!("no totals in `guardctl stats --json`: {out}"))?;
     let mut m: BTreeMap<String, u64> = reasons
@@ -311,7 +311,7 @@ fn totals(guardctl: &Path) -> Result<BTreeMap<String, u64>> {
         .map(|(k, v)| (k.clone(), v["packets"].as_u64().unwrap_or(0)))
         .collect();
     let dropped = v
-        .pointer("/0/totals/dropped/packets")
+        .pointer("/bridges/0/totals/dropped/packets")
         .and_then(Value::as_u64)
         .unwrap_or(0);
     m.insert("(dropped)".into(), dropped);

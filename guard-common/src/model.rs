@@ -486,6 +486,10 @@ fn ipv6_walk(f: &Frame<'_>, o: usize) -> Step<Walk> {
                 q += 8 * (usize::from(f.byte(q + 1)) + 1);
             }
         }
+        // The walk's bound on the cursor.
+        if q > 1024 {
+            return Err(Malformed);
+        }
         walked += 1;
     }
     Ok(Walk::Stopped {

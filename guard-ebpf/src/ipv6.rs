@@ -18,6 +18,8 @@ const NH_AH: u8 = 51;
 const NH_ICMPV6: u8 = 58;
 const NH_DEST_OPTS: u8 = 60;
 const ICMPV6_NEIGHBOUR_SOLICITATION: u8 = 135;
+/// Extension headers may not reach past this offset in the frame (docs/datapath.md, step 6).
+const MAX_EXT_OFFSET: usize = 1024;
 
 #[inline(always)]
 const fn is_ext_header(nh: u8) -> bool {
@@ -93,6 +95,11 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
                 q = q.wrapping_add(8);
             }
             _ => break,
+        }
+        // A bound on the cursor: the verifier's states for the walk then converge (each
+        // header length is guest data), which older verifiers need to finish.
+        if q > MAX_EXT_OFFSET {
+            return Err(Malformed);
         }
         walked += 1;
     }

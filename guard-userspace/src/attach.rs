@@ -338,8 +338,8 @@ impl Guard {
     /// those of an earlier attach; live edits stay (see `state`).
     ///
     /// Every item is applied on its own (see [`Changes::failures`]). A first attach whose
-    /// global config, host MAC set or policy cannot be applied, or that hooks no port at all,
-    /// is rolled back and returns that error; a port that refuses every hook is reported and
+    /// global config, host MAC set or policy cannot be applied, or that hooks no port at all
+    /// (the bridge device's backstop aside), is rolled back and returns that error; a port that refuses every hook is reported and
     /// the others stay guarded.
     pub fn attach(
         loc: &Location,
@@ -375,7 +375,10 @@ impl Guard {
             .iter()
             .position(|(item, _)| !matches!(item, Item::Port { .. }))
             .or_else(|| {
-                (guard.state.ports.is_empty() && !changes.failures.is_empty()).then_some(0)
+                // No port hooked (the bridge device's backstop does not count: guard is
+                // meant to be on the ports).
+                let no_port = guard.state.ports.values().all(|p| p.is_bridge);
+                (no_port && !changes.failures.is_empty()).then_some(0)
             });
         if let (Some(i), false) = (fatal, existed) {
             let mut changes = changes;
@@ -638,7 +641,10 @@ impl Guard {
             }
         }
         for (iface, is_bridge) in wanted {
-            let monitor = o.monitor_ports.contains(&iface.name);
+            // The backstop cannot tell which port a frame came through: while any port only
+            // monitors, it monitors too, or it would drop what that port let through.
+            let monitor =
+                o.monitor_ports.contains(&iface.name) || (is_bridge && !o.monitor_ports.is_empty());
             if let Err(e) = self.apply_port(&iface, is_bridge, monitor, hook, changes) {
                 changes.failures.push((
                     Item::Port {

@@ -123,6 +123,8 @@ pub struct Discovery {
     pub ifaces: Vec<Iface>,
     /// The unicast routes of the main table.
     pub routes: Vec<HostRoute>,
+    /// The ports of the host's foo-over-UDP receivers (`ip fou add`).
+    pub fou_ports: Vec<u16>,
 }
 
 impl Discovery {
@@ -137,10 +139,15 @@ impl Discovery {
             .collect()
     }
 
-    /// UDP ports of the tunnel devices the host has.
+    /// UDP ports the host decapsulates on: its VXLAN and GENEVE devices' and its fou
+    /// receivers'.
     #[must_use]
     pub fn tunnel_ports(&self) -> BTreeSet<u16> {
-        self.ifaces.iter().filter_map(|i| i.tunnel_port).collect()
+        self.ifaces
+            .iter()
+            .filter_map(|i| i.tunnel_port)
+            .chain(self.fou_ports.iter().copied())
+            .collect()
     }
 
     #[must_use]
@@ -382,6 +389,12 @@ pub async fn discover(handle: &Handle, bridge: &str) -> Result<Discovery> {
     }
     let addrs = addresses(handle, &ifaces).await?;
     let routes = routes(handle).await?;
+    // A fou receiver that cannot be read is a tunnel guard does not know: say so, and judge
+    // with what is known (the default tunnel ports, the devices').
+    let fou_ports = crate::fou::ports().unwrap_or_else(|e| {
+        log::warn!("reading the fou receivers (generic netlink): {e}");
+        Vec::new()
+    });
     Ok(Discovery {
         bridge: br,
         ports,
@@ -389,6 +402,7 @@ pub async fn discover(handle: &Handle, bridge: &str) -> Result<Discovery> {
         addrs,
         ifaces,
         routes,
+        fou_ports,
     })
 }
 

@@ -845,6 +845,7 @@ mod tests {
             }],
             ifaces: Vec::new(),
             routes: Vec::new(),
+            fou_ports: Vec::new(),
         };
         let p = Policy::build(&options, &edits, &d).expect("build");
         assert_eq!(

@@ -443,6 +443,65 @@ fn item4_status_lists_every_port_and_gates_health() {
     finish(lab, pins);
 }
 
+/// A port in monitor mode stays in monitor mode with the backstop on the bridge device: the
+/// backstop cannot tell which port a frame came through, so while any port only monitors it
+/// monitors too (else it would drop what the monitored port let through). The attack from the
+/// monitored port is delivered and counted as monitored; another port's is still dropped.
+#[test]
+fn monitor_port_is_not_undone_by_the_backstop() {
+    let _serial = serial();
+    let gctl = require_root();
+    let (lab, host, pins, _loc) = lab();
+    let cases: Vec<_> = attack::attack_cases()
+        .into_iter()
+        .filter(|c| c.name == "fwd-v4-storage")
+        .collect();
+    let opts = attack::FireOptions::default();
+    let g1 = Attacker::g1(&lab).expect("g1");
+    let control = attack::fire(&lab, &g1, &cases, opts).expect("fire without guard");
+    assert!(
+        control[0].all_delivered(),
+        "negative control: {}",
+        control[0]
+    );
+
+    gctl.ok(
+        Some(&host),
+        &["attach", addr::BRIDGE, "--monitor-port", "vg1"],
+    )
+    .expect("attach");
+    let (st, _) = gctl.status_code(&host, addr::BRIDGE).expect("status");
+    let backstop = st["ports"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["bridge_device"] == true))
+        .cloned()
+        .unwrap_or_else(|| panic!("no backstop in status: {st:#}"));
+    assert_eq!(backstop["mode"], "monitor", "{backstop}");
+    let monitored = attack::fire(&lab, &g1, &cases, opts).expect("fire from the monitored port");
+    assert!(
+        monitored[0].all_delivered(),
+        "the monitored port's frames were dropped: {}",
+        monitored[0]
+    );
+    let g2 = Attacker::guest(&lab, Role::G2).expect("g2");
+    let enforced = attack::fire(&lab, &g2, &cases, opts).expect("fire from an enforcing port");
+    assert_eq!(enforced[0].delivered, 0, "leaked: {}", enforced[0]);
+    let stats = gctl.stats(&host, addr::BRIDGE).expect("stats");
+    assert_eq!(
+        stats.port_reason("vg1", "monitor_ipv4"),
+        u64::from(opts.count),
+        "monitored count"
+    );
+    assert_eq!(
+        stats.port_reason("vg2", "deny_ipv4"),
+        u64::from(opts.count),
+        "dropped count"
+    );
+    gctl.ok(Some(&host), &["detach", addr::BRIDGE])
+        .expect("detach");
+    finish(lab, pins);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 5: a bpffs guardctl would have to mount.
 
@@ -916,6 +975,7 @@ fn reconcile_is_per_item() {
         }],
         ifaces: Vec::new(),
         routes: Vec::new(),
+        fou_ports: Vec::new(),
     };
     let failures = host_ns
         .run(|| {
@@ -1116,9 +1176,10 @@ fn agent_keeps_the_programs_of_a_later_attach() {
             Ok(())
         })
         .expect("attach the other build");
+    // One program on the ports' links and the backstop on the bridge's: both replaced.
     let theirs = link_programs(&gctl, &host);
     assert!(
-        theirs.len() == 1 && theirs != ours,
+        theirs.len() == 2 && ours.len() == 2 && theirs.is_disjoint(&ours),
         "control: {ours:?} -> {theirs:?}"
     );
     host_ns
@@ -1214,10 +1275,19 @@ fn converged(loc: &Location, host: &NetNs, model: &Model) -> Result<(), String> 
             return Err(format!("removed {n} still in the kernel"));
         }
     }
-    let hooked: BTreeSet<u32> = s.ports.keys().copied().collect();
+    // Every port is hooked (the bridge device's own backstop hook aside).
+    let hooked: BTreeSet<u32> = s
+        .ports
+        .iter()
+        .filter(|(_, p)| !p.is_bridge)
+        .map(|(i, _)| *i)
+        .collect();
     let ports = bridge_ports(host);
     if hooked != ports {
         return Err(format!("hooked {hooked:?} != bridge ports {ports:?}"));
+    }
+    if !s.ports.values().any(|p| p.is_bridge) {
+        return Err("the bridge device's backstop is not hooked".to_owned());
     }
     Ok(())
 }

@@ -69,15 +69,27 @@ fn has_xdp(ns: &NetNs, dev: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The bridge's ports in `status --json`, by name (the bridge device's backstop apart: see
+/// [`status_backstop`]).
 fn status_ports(status: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
     status["ports"]
         .as_array()
         .map(|a| {
             a.iter()
+                .filter(|p| p["bridge_device"] != true)
                 .map(|p| (p["name"].as_str().unwrap_or("?").to_owned(), p.clone()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The bridge device's own entry in `status --json` (its backstop hook), if hooked.
+fn status_backstop(status: &serde_json::Value) -> Option<serde_json::Value> {
+    status["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["bridge_device"] == true)
+        .cloned()
 }
 
 /// Kernel ids of the maps pinned for a bridge, by name.
@@ -197,6 +209,14 @@ fn attach_without_flags_then_detach() {
         assert!(has_xdp(host_ns, &p.host.name), "no XDP on {}", p.host.name);
     }
     assert_eq!(ports.len(), lab.ports.len(), "{ports:?}");
+    // The backstop on the bridge device: TC, running guard_bridge.
+    let backstop = status_backstop(&status).expect("the bridge device's backstop in status");
+    assert_eq!(backstop["guarded"], true, "{backstop}");
+    assert_eq!(
+        backstop["program_id"].as_u64(),
+        status["program_ids"]["bridge"].as_u64(),
+        "{backstop}"
+    );
 
     // Frames dropped.
     let opts = FireOptions::default();
@@ -735,6 +755,7 @@ fn error_cases() {
         }],
         ifaces: Vec::new(),
         routes: Vec::new(),
+        fou_ports: Vec::new(),
     };
     let loc = Location::new(Some(&host), addr::BRIDGE);
     let outcome = host_ns

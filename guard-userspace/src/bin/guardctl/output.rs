@@ -320,7 +320,10 @@ async fn port_views(
             PortView {
                 vm: taps.get(&name).map(|n| n.domain.clone()),
                 hook: p.map(|p| p.mode.to_string()),
-                mode: if o.monitor || o.monitor_ports.contains(&name) {
+                mode: if o.monitor
+                    || o.monitor_ports.contains(&name)
+                    || (is_bridge && !o.monitor_ports.is_empty())
+                {
                     "monitor"
                 } else {
                     "enforce"

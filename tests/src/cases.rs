@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use guard_common::model::{Decision, Policy, Rule, classify};
 use guard_common::{
     ACTION_ALLOW, ACTION_DENY, CLASS_GUEST_NETWORK, CLASS_HOST, CLASS_MANAGEMENT, CLASS_STORAGE,
-    DEFAULT_TUNNEL_PORTS, reason,
+    reason,
 };
 
 use crate::datapath::{Datapath, Hook, MIN_FRAME, expected_run, hex, skb_test_run_refuses};
@@ -83,20 +83,11 @@ pub fn rule(addr: &str, prefix_len: u8, action: u16, rule_id: u32, class: u16) -
     }
 }
 
-/// The base policy: prefix rules, and the route check in the routing world
-/// ([`route_world`]): the guest bridge and the uplink are the interfaces guests may be routed
-/// out of.
+/// The base policy: prefix rules, and the route check as attach configures it in the routing
+/// world ([`route_world::as_attached`]).
 #[must_use]
 pub fn base_policy() -> Policy {
-    Policy {
-        route_check: true,
-        tunnel_ports: DEFAULT_TUNNEL_PORTS.to_vec(),
-        egress_ok: vec![route_world::GBR, route_world::UPLINK],
-        bridge_ifindex: route_world::GBR,
-        routes: route_world::routes(),
-        forwarding: true,
-        // Read from the running kernel: the VM matrix runs this table on 6.1 too.
-        fib_egress_without_neigh: route_world::kernel_at_least(6, 3).unwrap_or(false),
+    route_world::as_attached(Policy {
         host_macs: vec![BRIDGE_MAC, PORT_MAC, OTHER_IF_MAC],
         rules: vec![
             rule("10.0.0.0", 8, ACTION_DENY, 1, CLASS_STORAGE),
@@ -113,7 +104,7 @@ pub fn base_policy() -> Policy {
             rule("2001:db8:50::", 64, ACTION_ALLOW, 11, CLASS_GUEST_NETWORK),
         ],
         ..Policy::default()
-    }
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

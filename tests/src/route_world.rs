@@ -30,7 +30,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use guard_common::model::{Route, RouteKind};
+use guard_common::DEFAULT_TUNNEL_PORTS;
+use guard_common::model::{Policy, Route, RouteKind};
 
 /// ifindex of the loopback device in a new namespace.
 pub const LO: u32 = 1;
@@ -143,6 +144,26 @@ pub fn routes() -> Vec<Route> {
         v.push(r(local, RouteKind::Local));
     }
     v
+}
+
+/// `policy` with the route check configured as `guardctl attach` configures it on this world's
+/// bridge: on, the guest bridge and the uplink in `E` (attach marks the bridge and the
+/// interfaces that carry a default route), the bridge as the lookup's input interface, the
+/// default tunnel ports, and `SKIP_NEIGH` where the kernel has it. The FIB mirror comes along
+/// for the reference model. Everything else (host MACs, rules, flags) stays as given.
+#[must_use]
+pub fn as_attached(policy: Policy) -> Policy {
+    Policy {
+        route_check: true,
+        tunnel_ports: DEFAULT_TUNNEL_PORTS.to_vec(),
+        egress_ok: vec![GBR, UPLINK],
+        bridge_ifindex: GBR,
+        routes: routes(),
+        forwarding: true,
+        // Read from the running kernel: the VM matrix runs on 6.1 too.
+        fib_egress_without_neigh: kernel_at_least(6, 3).unwrap_or(false),
+        ..policy
+    }
 }
 
 /// The world a thread is in.

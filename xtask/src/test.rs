@@ -146,7 +146,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     // The bench's smoke run: every contender loads and gives the expected verdicts (the
     // numbers are not judged here: timing belongs to `cargo xtask bench`, not to tests).
     println!("test: bench smoke run (cargo xtask bench --quick)");
-    if let Err(err) = crate::bench::bench(&built, true) {
+    if let Err(err) = crate::bench::bench(&built, true, None) {
         println!("test: bench smoke run FAILED: {err:#}");
         failed_steps.push("bench smoke run");
     }

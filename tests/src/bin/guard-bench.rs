@@ -5,7 +5,7 @@
 //! cargo run --release -p guard-tests --bin guard-bench -- [--quick] [--out DIR]
 //! ```
 //!
-//! Needs root. Prints aligned tables and the targets of issue 7, and writes
+//! Needs root. Prints aligned tables and the targets of issues 11 and 13, and writes
 //! `DIR/guard-bench-<UTC time>.json` and `DIR/latest.json` (DIR defaults to the workspace's
 //! `target/bench`). `--quick` is the smoke run of `cargo xtask test`: a few repeats, small
 //! policies, short floods, a 16-port bridge.
@@ -46,23 +46,28 @@ struct Args {
     /// repeatable), e.g. to profile one with `perf record -C 0`.
     #[arg(long, value_name = "SETUP")]
     flood_setup: Vec<String>,
-    /// Seconds per flood (default: 2, or 0.3 with --quick).
+    /// Seconds per flood (default: 3, or 0.3 with --quick).
     #[arg(long, value_name = "SECS")]
     flood_secs: Option<f64>,
     /// Also bench this eBPF object as guard variant LABEL in the same micro rounds, and print
     /// its per-round ratio to guard (repeatable): the A/B test of a datapath change.
     #[arg(long, value_name = "LABEL=FILE")]
     candidate: Vec<String>,
-    /// Micro rounds (default: 15, or 3 with --quick).
+    /// Micro rounds (default: 31, or 3 with --quick).
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
-    /// Micro runs per cell and round (default: 200000, or 5000 with --quick).
+    /// Micro runs per cell and round (default: 100000, or 5000 with --quick).
     #[arg(long, value_name = "N")]
     repeat: Option<u32>,
     /// Bench this eBPF object instead of the one embedded in guardctl's library (for
     /// micro and the policy load; flood and control use guardctl's own).
     #[arg(long, value_name = "FILE")]
     object: Option<PathBuf>,
+    /// xdp-filter's `xdpfilt_alw_ip.o` to bench as the peer (default: Debian's xdp-tools).
+    /// Where its verdict differs from the distribution's (a newer one parses ARP), that is
+    /// reported, not fatal.
+    #[arg(long, value_name = "FILE", default_value = micro::PEER_OBJECT)]
+    peer: PathBuf,
 }
 
 fn first_line(path: &str, prefix: &str) -> Option<String> {
@@ -86,8 +91,15 @@ fn machine() -> Value {
         "cpu": first_line("/proc/cpuinfo", "model name"),
         "cpus": std::thread::available_parallelism().map(usize::from).ok(),
         "mem": first_line("/proc/meminfo", "MemTotal"),
-        "loadavg_at_start": fs::read_to_string("/proc/loadavg").map(|s| s.trim().to_owned()).ok(),
+        "loadavg_at_start": loadavg(),
     })
+}
+
+/// `/proc/loadavg`: the run's share of a shared machine is part of its result.
+fn loadavg() -> Option<String> {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_owned())
+        .ok()
 }
 
 fn main() -> ExitCode {
@@ -125,6 +137,16 @@ fn settings(args: &Args) -> Result<Settings> {
             let (label, file) = c
                 .split_once('=')
                 .with_context(|| format!("--candidate {c:?}: expected LABEL=FILE"))?;
+            // The label is the first word of its contenders' names, beside the built-in ones.
+            if label.is_empty()
+                || label.contains(char::is_whitespace)
+                || ["guard", micro::PREFIX_ONLY].contains(&label)
+            {
+                bail!(
+                    "--candidate {c:?}: LABEL must be one word, not guard or {}",
+                    micro::PREFIX_ONLY
+                );
+            }
             let bytes = fs::read(file).with_context(|| format!("reading {file}"))?;
             Ok((label.to_owned(), bytes))
         })
@@ -166,11 +188,10 @@ fn real_main() -> Result<()> {
 
     if wants(Part::Micro) {
         let t = Instant::now();
-        let loaded = micro::load(&object, &candidates, &scale)?;
-        let samples = micro::run(&loaded, &scale)?;
+        let (loaded, samples) = micro::measure(&object, &candidates, &args.peer, &scale)?;
         let (text, t_micro, j) = report::micro_report(&loaded, &samples, &scale);
         println!(
-            "\nmicro: BPF_PROG_TEST_RUN, {} interleaved rounds x {} runs, median ±IQR; ratios are medians of per-round ratios ({:.1} s)\n",
+            "\nmicro: BPF_PROG_TEST_RUN in the routing world, {} interleaved rounds x {} runs, median ±IQR; ratios are medians of per-round ratios ({:.1} s)\n",
             scale.rounds,
             scale.repeat,
             t.elapsed().as_secs_f64()
@@ -178,11 +199,9 @@ fn real_main() -> Result<()> {
         print!("{text}");
         targets.extend(t_micro);
         doc.insert("micro".into(), j);
-        if !candidates.is_empty() {
-            let (text, j) = report::candidates_report(&loaded, &samples, &scale);
-            print!("{text}");
-            doc.insert("candidates".into(), j);
-        }
+        let (text, j) = report::variants_report(&loaded, &samples, &scale);
+        print!("{text}");
+        doc.insert("variants".into(), j);
     }
     if wants(Part::Flood) {
         let t = Instant::now();
@@ -213,6 +232,12 @@ fn real_main() -> Result<()> {
     doc.insert("targets".into(), report::targets_json(&targets));
     let total = started.elapsed().as_secs_f64();
     doc.insert("duration_s".into(), json!(total));
+    let load_end = loadavg();
+    println!(
+        "load average at the end: {}",
+        load_end.as_deref().unwrap_or("?")
+    );
+    doc.insert("loadavg_at_end".into(), json!(load_end));
 
     let dir = args.out.unwrap_or_else(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));

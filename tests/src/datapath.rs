@@ -338,9 +338,8 @@ fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
         (policy.monitor, GLOBAL_FLAG_MONITOR),
         (policy.allow_tunnels, GLOBAL_FLAG_ALLOW_TUNNELS),
         (!policy.route_check, GLOBAL_FLAG_NO_ROUTE_CHECK),
-        // The model's `fib_egress_without_neigh` says what this kernel does; guard passes
-        // SKIP_NEIGH exactly where the kernel has it (attach decides the same way).
-        (policy.fib_egress_without_neigh, GLOBAL_FLAG_FIB_SKIP_NEIGH),
+        // Passed exactly where attach passes it (Linux 6.3+, which has the flag).
+        (guard::attach::fib_skips_neigh(), GLOBAL_FLAG_FIB_SKIP_NEIGH),
     ] {
         if on {
             flags |= flag;

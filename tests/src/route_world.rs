@@ -160,8 +160,8 @@ pub fn as_attached(policy: Policy) -> Policy {
         bridge_ifindex: GBR,
         routes: routes(),
         forwarding: true,
-        // Read from the running kernel: the VM matrix runs on 6.1 too.
-        fib_egress_without_neigh: kernel_at_least(6, 3).unwrap_or(false),
+        // Asked of the running kernel: the VM matrix runs on 6.1 too.
+        fib_egress_without_neigh: reports_egress_without_neigh(),
         ..policy
     }
 }
@@ -186,6 +186,17 @@ pub fn enter() -> Result<World> {
     if let Some(w) = WORLD.with(|w| w.borrow().clone()) {
         return Ok(w);
     }
+    build()?;
+    let world = World {
+        routes: routes(),
+        fib_egress_without_neigh: reports_egress_without_neigh(),
+    };
+    WORLD.with(|w| *w.borrow_mut() = Some(world.clone()));
+    Ok(world)
+}
+
+/// Moves the calling thread into a new network namespace and builds the routing world there.
+fn build() -> Result<()> {
     // SAFETY: unshare has no memory preconditions; CLONE_NEWNET affects the calling thread.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error())
@@ -201,13 +212,7 @@ pub fn enter() -> Result<World> {
     }
     run_ip(&["-batch", "-"], Some(SETUP)).context("building the routing world")?;
     check_ifindexes()?;
-    check_fib()?;
-    let world = World {
-        routes: routes(),
-        fib_egress_without_neigh: kernel_at_least(6, 3)?,
-    };
-    WORLD.with(|w| *w.borrow_mut() = Some(world.clone()));
-    Ok(world)
+    check_fib()
 }
 
 fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<String> {
@@ -315,17 +320,32 @@ fn check_fib() -> Result<()> {
     Ok(())
 }
 
-/// Is the running kernel at least `major.minor`?
-pub fn kernel_at_least(major: u32, minor: u32) -> Result<bool> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .context("reading /proc/sys/kernel/osrelease")?;
-    let mut parts = release.trim().split(['.', '-']);
-    let mut next = || -> Result<u32> {
-        parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("kernel release {release:?}"))
-    };
-    let (ma, mi) = (next()?, next()?);
-    Ok((ma, mi) >= (major, minor))
+/// Does this kernel's `bpf_fib_lookup` report the egress interface of a next hop without a
+/// neighbour entry? Linux 6.3 moved the ifindex update before the neighbour lookup, and some
+/// stable kernels (Debian's 6.1) carry that too, so the kernel is asked rather than its
+/// version: a bare lookup program run in a routing world of its own on a frame to a connected
+/// address of the protected interface (which has no neighbour entry) returns the interface the
+/// helper left in its parameters. Asked once per process; a probe that cannot run says no.
+#[must_use]
+pub fn reports_egress_without_neigh() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        // A thread of its own, in a world of its own (not `enter`, which asks this).
+        std::thread::spawn(|| -> Result<bool> {
+            build()?;
+            let prog = crate::bench::sys::load_fib_egress_probe(GBR)?;
+            let frame = crate::packet::Eth::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(
+                    crate::packet::Ipv4::new([172, 16, 0, 10], [100, 64, 0, 9]).udp(1, 2, &[0; 4]),
+                )
+                .pad_to(60)
+                .build();
+            let r = crate::bench::sys::test_run(std::os::fd::AsFd::as_fd(&prog), &frame, 1)?;
+            Ok(r.retval == PROT)
+        })
+        .join()
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false)
+    })
 }

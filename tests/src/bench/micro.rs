@@ -245,7 +245,7 @@ fn floors() -> Result<Vec<Contender>> {
             hook: Hook::Xdp,
             fd: ProgFd::Owned(sys::load_fib_lookup(
                 route_world::GBR,
-                if route_world::kernel_at_least(6, 3)? {
+                if guard::attach::fib_skips_neigh() {
                     sys::BPF_FIB_LOOKUP_SKIP_NEIGH
                 } else {
                     0

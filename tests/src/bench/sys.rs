@@ -124,21 +124,34 @@ pub const BPF_FIB_LOOKUP_SKIP_NEIGH: u32 = 1 << 2;
 /// it says. Its time minus the empty program's is the helper's own cost on that frame: the
 /// floor under guard's route check.
 pub fn load_fib_lookup(ifindex: u32, flags: u32) -> Result<OwnedFd> {
+    load_fib_program(ifindex, flags, false)
+}
+
+/// Like [`load_fib_lookup`], but the program returns the interface the helper left in the
+/// parameters (the egress interface, or the input one where the kernel gave none): a probe of
+/// what this kernel reports for a next hop without a neighbour entry.
+pub fn load_fib_egress_probe(ifindex: u32) -> Result<OwnedFd> {
+    load_fib_program(ifindex, 0, true)
+}
+
+fn load_fib_program(ifindex: u32, flags: u32, return_ifindex: bool) -> Result<OwnedFd> {
     // struct bpf_fib_lookup (64 bytes) at r10 - 64: family +0, l4_protocol +1, ifindex +8,
-    // tos +12, ipv4_src +16, ipv4_dst +32.
+    // tos +12, ipv4_src +16, ipv4_dst +32. The probe's two extra instructions sit between
+    // the call and `out`.
+    let extra: i16 = if return_ifindex { 2 } else { 0 };
     let mut insns = vec![
-        insn(0xbf, 0x16, 0, 0),  // r6 = r1                    ctx
-        insn(0x61, 0x12, 0, 0),  // r2 = *(u32 *)(r1 + 0)     xdp_md.data
-        insn(0x61, 0x13, 4, 0),  // r3 = *(u32 *)(r1 + 4)     xdp_md.data_end
-        insn(0xbf, 0x24, 0, 0),  // r4 = r2
-        insn(0x07, 0x04, 0, 34), // r4 += 34                  Ethernet + IPv4 header
-        insn(0x2d, 0x34, 26, 0), // if r4 > r3 goto out
-        insn(0x69, 0x25, 12, 0), // r5 = *(u16 *)(r2 + 12)    EtherType
-        insn(0x55, 0x05, 24, 8), // if r5 != htons(0x0800) goto out
-        insn(0x61, 0x27, 30, 0), // r7 = *(u32 *)(r2 + 30)    destination
-        insn(0x61, 0x28, 26, 0), // r8 = *(u32 *)(r2 + 26)    source
-        insn(0x71, 0x29, 23, 0), // r9 = *(u8 *)(r2 + 23)     protocol
-        insn(0x71, 0x25, 15, 0), // r5 = *(u8 *)(r2 + 15)     TOS
+        insn(0xbf, 0x16, 0, 0),          // r6 = r1                    ctx
+        insn(0x61, 0x12, 0, 0),          // r2 = *(u32 *)(r1 + 0)     xdp_md.data
+        insn(0x61, 0x13, 4, 0),          // r3 = *(u32 *)(r1 + 4)     xdp_md.data_end
+        insn(0xbf, 0x24, 0, 0),          // r4 = r2
+        insn(0x07, 0x04, 0, 34),         // r4 += 34                  Ethernet + IPv4 header
+        insn(0x2d, 0x34, 26 + extra, 0), // if r4 > r3 goto out
+        insn(0x69, 0x25, 12, 0),         // r5 = *(u16 *)(r2 + 12)    EtherType
+        insn(0x55, 0x05, 24 + extra, 8), // if r5 != htons(0x0800) goto out
+        insn(0x61, 0x27, 30, 0),         // r7 = *(u32 *)(r2 + 30)    destination
+        insn(0x61, 0x28, 26, 0),         // r8 = *(u32 *)(r2 + 26)    source
+        insn(0x71, 0x29, 23, 0),         // r9 = *(u8 *)(r2 + 23)     protocol
+        insn(0x71, 0x25, 15, 0),         // r5 = *(u8 *)(r2 + 15)     TOS
     ];
     for k in 0..8i16 {
         insns.push(insn(0x7a, 0x0a, -64 + 8 * k, 0)); // *(u64 *)(r10 - 64 + 8k) = 0
@@ -156,10 +169,15 @@ pub fn load_fib_lookup(ifindex: u32, flags: u32) -> Result<OwnedFd> {
         insn(0xb7, 0x03, 0, 64),                      // r3 = sizeof(struct bpf_fib_lookup)
         insn(0xb7, 0x04, 0, flags.cast_signed()),
         insn(0x85, 0, 0, BPF_FUNC_FIB_LOOKUP),
-        // out:
-        mov_r0(XDP_PASS),
-        EXIT,
     ]);
+    if return_ifindex {
+        insns.extend([
+            insn(0x61, 0xa0, -56, 0), // r0 = *(u32 *)(r10 - 56)   ifindex
+            EXIT,
+        ]);
+    }
+    // out:
+    insns.extend([mov_r0(XDP_PASS), EXIT]);
     load_program(BPF_PROG_TYPE_XDP, &insns, "bench_fib_xdp")
 }
 

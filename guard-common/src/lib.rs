@@ -57,7 +57,12 @@ pub mod map_names {
     pub const EVENT_STATS: &str = "GUARD_EV_STATS";
     /// UDP destination ports of tunnels the host may decapsulate (`PortSet`, one entry).
     pub const TUNNEL_PORTS: &str = "GUARD_TUN_PORTS";
-    /// Every map, in a fixed order (for pin management).
+    /// The per-CPU cache of prefix-trie answers (`VerdictCacheEntry`, by a hash of the
+    /// address). Never pinned and never read by userspace: each load has its own, and an
+    /// entry counts only for the [`GlobalConfig`](crate::GlobalConfig) generation it was
+    /// filled in.
+    pub const VERDICT_CACHE: &str = "GUARD_VCACHE";
+    /// Every pinned map, in a fixed order (for pin management).
     pub const ALL: [&str; 12] = [
         CONFIG,
         PORTS,
@@ -191,8 +196,30 @@ pub struct GlobalConfig {
     /// The guest bridge: the input device of the route check (where the host stack receives
     /// what the bridge passes up).
     pub bridge_ifindex: u32,
-    /// Reserved for later use; must be zero.
-    pub reserved: u32,
+    /// Bumped (wrapping) after every write to the prefix tries: the datapath's per-CPU
+    /// verdict cache ([`map_names::VERDICT_CACHE`]) holds an entry only for the generation it
+    /// was filled in. Writers of the configuration keep the current value.
+    pub generation: u32,
+}
+
+/// Slots of the per-CPU verdict cache (a power of two): 256 x 32 bytes per CPU.
+pub const VERDICT_CACHE_SLOTS: u32 = 256;
+
+/// One slot of the per-CPU verdict cache: the longest-prefix answer of one address.
+/// `seq` is a sequence count (odd while the slot is written), so a program run that nests on
+/// the same CPU (a softirq interrupting `BPF_PROG_TEST_RUN`) never reads or writes a slot
+/// that is half written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCacheEntry {
+    pub seq: u32,
+    /// `generation << 2 | is_ipv6 << 1 | 1` (bit 0: filled).
+    pub tag: u32,
+    /// The address, IPv4 in word 0 (the others zero).
+    pub addr: [u32; 4],
+    /// The rule kind (none, allow, deny) and deny rule id.
+    pub kind: u32,
+    pub rule_id: u32,
 }
 
 /// A set of UDP ports, one bit each (`bits[port / 64] >> (port % 64) & 1`).

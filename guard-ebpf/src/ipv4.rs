@@ -36,7 +36,7 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
         return Err(Malformed);
     }
     let dst = h.dst_addr;
-    let rule = policy::v4(dst);
+    let rule = policy::v4(dst, cfg);
     if let Some(id) = rule.deny() {
         return Ok(Outcome::new(reason::DENY_IPV4, id));
     }

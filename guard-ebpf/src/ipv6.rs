@@ -51,7 +51,7 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
         return Err(Malformed);
     }
     let dst = h.dst_addr;
-    let rule = policy::v6(dst);
+    let rule = policy::v6(dst, cfg);
     if let Some(id) = rule.deny() {
         return Ok(Outcome::new(reason::DENY_IPV6, id));
     }
@@ -110,7 +110,7 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
         let icmp: &[u8; 4] = f.at(q)?;
         if icmp[0] == ICMPV6_NEIGHBOUR_SOLICITATION {
             let target: &[u8; 16] = f.at(q.wrapping_add(8))?;
-            if let Some(id) = policy::v6(*target).deny() {
+            if let Some(id) = policy::v6(*target, cfg).deny() {
                 return Ok(Outcome::new(reason::DENY_NDP, id));
             }
         }

@@ -67,6 +67,7 @@ fn classify<F: Frame, const ALL_HOST_BOUND: bool>(f: &F) -> (Outcome, Config) {
     let mut cfg = Config {
         flags: 0,
         bridge_ifindex: 0,
+        generation: 0,
     };
     let outcome = match try_classify::<F, ALL_HOST_BOUND>(f, &mut cfg) {
         Ok(outcome) => outcome,
@@ -90,7 +91,7 @@ fn try_classify<F: Frame, const ALL_HOST_BOUND: bool>(
     match proto {
         P_IPV4 => ipv4::classify(f, off, *cfg),
         P_IPV6 => ipv6::classify(f, off, *cfg),
-        P_ARP => arp::classify(f, off),
+        P_ARP => arp::classify(f, off, *cfg),
         _ => Ok(Outcome::new(reason::HOST_PASS, 0)),
     }
 }

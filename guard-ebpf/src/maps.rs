@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     Counter, GlobalConfig, MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE, PortConfig,
-    PortSet, REASON_SLOTS, RuleValue,
+    PortSet, REASON_SLOTS, RuleValue, VERDICT_CACHE_SLOTS, VerdictCacheEntry,
     event::{EVENT_RING_BYTES, EventReader, EventStats, EventWindow},
     mac::MacTable,
 };
@@ -66,3 +66,8 @@ pub static EVENT_STATS: PerCpuArray<EventStats> = PerCpuArray::with_max_entries(
 /// UDP ports of tunnels the host may decapsulate (one entry).
 #[map(name = "GUARD_TUN_PORTS")]
 pub static TUNNEL_PORTS: Array<PortSet> = Array::with_max_entries(1, 0);
+
+/// The per-CPU cache of prefix-trie answers (`policy::cached`): not pinned, one per load.
+#[map(name = "GUARD_VCACHE")]
+pub static VERDICT_CACHE: PerCpuArray<VerdictCacheEntry> =
+    PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);

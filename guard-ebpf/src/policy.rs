@@ -2,15 +2,18 @@
 //! configuration, and the verdict of steps 8-9 of docs/datapath.md for a host-bound IP packet
 //! that no deny prefix dropped.
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::maps::lpm_trie::Key;
 use guard_common::{
-    GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_NO_ROUTE_CHECK, RuleValue, TUNNEL_PROTOCOLS, reason,
+    GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_NO_ROUTE_CHECK, RuleValue, TUNNEL_PROTOCOLS,
+    VERDICT_CACHE_SLOTS, VerdictCacheEntry, reason,
 };
 
 use crate::{
     Outcome,
     frame::Frame,
-    maps::{CONFIG, RULES_V4, RULES_V6, TUNNEL_PORTS},
+    maps::{CONFIG, RULES_V4, RULES_V6, TUNNEL_PORTS, VERDICT_CACHE},
     route::Route,
 };
 
@@ -77,14 +80,78 @@ impl Rule {
     }
 }
 
+/// The longest prefix rule of an IPv4 address (network order).
 #[inline(always)]
-pub fn v4(addr: [u8; 4]) -> Rule {
-    Rule::of(RULES_V4.get(Key::new(32, addr)))
+pub fn v4(addr: [u8; 4], cfg: Config) -> Rule {
+    let a = u32::from_ne_bytes(addr);
+    cached([a, 0, 0, 0], a, cfg.generation << 2 | 1, || {
+        Rule::of(RULES_V4.get(Key::new(32, addr)))
+    })
 }
 
+/// The longest prefix rule of an IPv6 address.
 #[inline(always)]
-pub fn v6(addr: [u8; 16]) -> Rule {
-    Rule::of(RULES_V6.get(Key::new(128, addr)))
+pub fn v6(addr: [u8; 16], cfg: Config) -> Rule {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let words = [w(0), w(4), w(8), w(12)];
+    let mix = words[0] ^ words[1].rotate_left(8) ^ words[2].rotate_left(16) ^ words[3];
+    cached(words, mix, cfg.generation << 2 | 3, || {
+        Rule::of(RULES_V6.get(Key::new(128, addr)))
+    })
+}
+
+/// The trie's answer for `addr` from this CPU's verdict cache, or from `lookup` (then kept).
+/// A slot holds one address; it counts only under its tag (the configuration's generation,
+/// which userspace bumps after every trie write, and the family), so a changed policy is never
+/// answered from the cache. Only trie answers are kept: the route check asks the kernel every
+/// time (the FIB changes without guard).
+///
+/// The sequence count makes the slot safe against a program run that nests on this CPU: a
+/// reader that sees it odd (a write under way) or changed (a write in between) asks the trie;
+/// a writer that sees it odd leaves the slot alone.
+#[inline(always)]
+fn cached(addr: [u32; 4], mix: u32, tag: u32, lookup: impl FnOnce() -> Rule) -> Rule {
+    let slot = mix.wrapping_mul(0x9e37_79b1) >> (32 - VERDICT_CACHE_SLOTS.trailing_zeros());
+    let Some(e) = VERDICT_CACHE.get_ptr_mut(slot) else {
+        return lookup();
+    };
+    // SAFETY: `e` is this CPU's live slot; volatile accesses keep the order the sequence count
+    // needs against a run that nests on this CPU (no other CPU touches it).
+    unsafe {
+        let seq = read_volatile(&raw const (*e).seq);
+        if seq & 1 == 0
+            && read_volatile(&raw const (*e).tag) == tag
+            && read_volatile(&raw const (*e).addr) == addr
+        {
+            let hit = Rule {
+                kind: read_volatile(&raw const (*e).kind),
+                id: read_volatile(&raw const (*e).rule_id),
+            };
+            if read_volatile(&raw const (*e).seq) == seq {
+                return hit;
+            }
+        }
+    }
+    let rule = lookup();
+    // SAFETY: as above.
+    unsafe {
+        let seq = read_volatile(&raw const (*e).seq);
+        if seq & 1 == 0 {
+            write_volatile(&raw mut (*e).seq, seq.wrapping_add(1));
+            write_volatile(
+                e,
+                VerdictCacheEntry {
+                    seq: seq.wrapping_add(1),
+                    tag,
+                    addr,
+                    kind: rule.kind,
+                    rule_id: rule.id,
+                },
+            );
+            write_volatile(&raw mut (*e).seq, seq.wrapping_add(2));
+        }
+    }
+    rule
 }
 
 /// The global configuration a host-bound frame is judged with (read once per frame).
@@ -92,6 +159,8 @@ pub fn v6(addr: [u8; 16]) -> Rule {
 pub struct Config {
     pub flags: u32,
     pub bridge_ifindex: u32,
+    /// The policy generation the verdict cache is valid for.
+    pub generation: u32,
 }
 
 impl Config {
@@ -102,10 +171,12 @@ impl Config {
             Self {
                 flags: 0,
                 bridge_ifindex: 0,
+                generation: 0,
             },
             |c| Self {
                 flags: c.flags,
                 bridge_ifindex: c.bridge_ifindex,
+                generation: c.generation,
             },
         )
     }

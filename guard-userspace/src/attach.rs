@@ -502,7 +502,7 @@ impl Guard {
             flags,
             event_rate: o.event_rate.unwrap_or(DEFAULT_EVENT_RATE),
             bridge_ifindex: discovery.bridge.index,
-            reserved: 0,
+            generation: 0,
         };
         if self.maps.config()? != cfg {
             self.maps.set_config(cfg)?;

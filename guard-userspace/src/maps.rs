@@ -97,9 +97,29 @@ impl GuardMaps {
             .map_err(|e| GuardError::map(map_names::CONFIG, e))
     }
 
+    /// Writes the configuration, keeping the current policy generation (which only
+    /// [`apply`](Self::apply) moves): `cfg.generation` is ignored.
     pub fn set_config(&mut self, cfg: GlobalConfig) -> Result<()> {
+        let generation = self.config()?.generation;
         self.config
-            .set(0, cfg, 0)
+            .set(0, GlobalConfig { generation, ..cfg }, 0)
+            .map_err(|e| GuardError::map(map_names::CONFIG, e))
+    }
+
+    /// Moves the policy generation on, after a trie write: the datapath's per-CPU verdict
+    /// caches then answer nothing they kept under the old policy. A frame judged during the
+    /// write may still keep an answer, but under the generation it read, which is over now.
+    fn bump_generation(&mut self) -> Result<()> {
+        let cfg = self.config()?;
+        self.config
+            .set(
+                0,
+                GlobalConfig {
+                    generation: cfg.generation.wrapping_add(1),
+                    ..cfg
+                },
+                0,
+            )
             .map_err(|e| GuardError::map(map_names::CONFIG, e))
     }
 
@@ -218,8 +238,18 @@ impl GuardMaps {
         Ok(out)
     }
 
-    /// Applies `ops` in order (see [`plan`] for why the order matters).
+    /// Applies `ops` in order (see [`plan`] for why the order matters), then moves the policy
+    /// generation on. A failed write still moves it: the tries changed up to the failure.
     pub fn apply(&mut self, ops: &[Op]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let written = self.write_ops(ops);
+        self.bump_generation()?;
+        written
+    }
+
+    fn write_ops(&mut self, ops: &[Op]) -> Result<()> {
         for op in ops {
             match *op {
                 Op::Upsert(IpNet::V4(n), v) => self

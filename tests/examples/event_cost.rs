@@ -72,7 +72,7 @@ fn setup(path: &str) -> Result<Subject> {
             flags: 0,
             event_rate: 100,
             bridge_ifindex: 0,
-            reserved: 0,
+            generation: 0,
         },
         0,
     )?;

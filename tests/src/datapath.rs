@@ -354,7 +354,7 @@ fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
             // or counters, docs/observe.md).
             event_rate: 0,
             bridge_ifindex: policy.bridge_ifindex,
-            reserved: 0,
+            generation: 0,
         },
         0,
     )?;

@@ -141,6 +141,13 @@ impl Observed {
     }
 }
 
+/// One JSON event a line, as `guardctl events --json` prints them.
+fn parse_events(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn events(s: &Stats, key: &str) -> u64 {
     s.0["events"][key].as_u64().unwrap()
 }
@@ -265,10 +272,7 @@ fn rate_limited(hook: &str) {
     assert_eq!(events(&s, "sampled"), LIMIT, "{:#}", s.0);
     assert_eq!(events(&s, "suppressed"), N - LIMIT, "{:#}", s.0);
     assert_eq!(events(&s, "lost"), 0, "{:#}", s.0);
-    let evs: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let evs = parse_events(&out);
     assert_eq!(evs.len() as u64, N.min(LIMIT), "{out}");
     for ev in &evs {
         check_event(&obs, ev, None);
@@ -322,10 +326,7 @@ fn events_below_the_limit_name_the_vm() {
     assert_eq!(s.port_reason(PORT, "deny_ipv4"), N, "{:#}", s.0);
     assert_eq!(events(&s, "rate_limit"), 100, "{:#}", s.0);
     assert_eq!(events(&s, "suppressed"), 0, "{:#}", s.0);
-    let evs: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let evs = parse_events(&out);
     assert_eq!(evs.len() as u64, N, "{out}");
     for ev in &evs {
         check_event(&obs, ev, Some("guest-a"));
@@ -553,10 +554,7 @@ fn events_report_vlan_tags() {
     obs.send(&tagged, N);
     obs.wait_stats("N sampled events", |s| events(s, "sampled") >= N as u64);
     let out = reader.stop();
-    let evs: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let evs = parse_events(&out);
     assert_eq!(evs.len(), N, "{out}");
     for ev in &evs {
         assert_eq!(ev["vlans"], serde_json::json!([100, 200]), "{ev}");
@@ -586,10 +584,7 @@ fn monitor_verdicts_make_events_too() {
     assert_eq!(s.port_reason(PORT, "monitor_ipv4"), N, "{:#}", s.0);
     assert_eq!(s.port_reason(BRIDGE, "monitor_ipv4"), N, "{:#}", s.0);
     assert_eq!(s.total_dropped(), 0, "{:#}", s.0);
-    let evs: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let evs = parse_events(&out);
     let on = |port: &str| evs.iter().filter(|e| e["port"] == port).count() as u64;
     assert_eq!((on(PORT), on(BRIDGE)), (N, N), "{out}");
     for ev in &evs {

@@ -150,7 +150,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         println!("test: bench smoke run FAILED: {err:#}");
         failed_steps.push("bench smoke run");
     }
-    if !vm_matrix(options.quick, &built.debug_object) {
+    if !vm_matrix(options.quick, &built) {
         failed_steps.push("VM matrix");
     }
 
@@ -177,13 +177,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 /// The kernel matrix and the tap guest (`cargo xtask vmtest`); false if it failed.
-fn vm_matrix(quick: bool, debug_object: &std::path::Path) -> bool {
+fn vm_matrix(quick: bool, built: &build::Built) -> bool {
     if quick {
         println!("test: the VM matrix is not run with --quick (CI runs it)");
         return true;
     }
     println!("test: VM matrix (cargo xtask vmtest)");
-    match crate::vm::vmtest(&crate::vm::VmtestArgs::default(), debug_object) {
+    match crate::vm::vmtest(&crate::vm::VmtestArgs::default(), built) {
         Ok(()) => true,
         Err(err) => {
             println!("test: VM matrix FAILED: {err:#}");

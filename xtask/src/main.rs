@@ -34,7 +34,8 @@ enum Verb {
     Lint,
     /// Set up, build, then fmt, clippy, unit and privileged tests, as CI runs them (root).
     Test(test::Options),
-    /// Set up, build, then run the attack lab (not yet available).
+    /// Set up, build, then the attack lab: every attack without guard, then with `guardctl
+    /// attach br-guest`, and the legitimate flows; fails unless guard stops every attack (root).
     Demo,
     /// Set up, build, then measure guard against an empty program, xdp-filter and nftables.
     Bench(bench::Options),

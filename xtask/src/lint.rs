@@ -30,7 +30,7 @@ pub fn check(env: &Env, workspace: &Workspace) -> Vec<&'static str> {
     for (name, mut command) in checks(env) {
         println!("lint: {name}");
         command.current_dir(&workspace.root);
-        if let Err(err) = cmd::run(&mut command) {
+        if let Err(err) = cmd::run_cargo(&mut command) {
             println!("lint: {name} FAILED: {err:#}");
             failed.push(name);
         }

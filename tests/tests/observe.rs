@@ -1,13 +1,18 @@
 //! Observability acceptance tests (issue 5): drop events, VM identity, pcap, `/metrics`, `top`.
 //!
-//! Each test builds its own small lab: a "host" namespace with a bridge, one port (a veth whose
-//! peer is in a "guest" namespace) and a management address on a dummy interface; guard is
-//! attached with `guardctl --netns`. The guest sends an attack of N UDP frames to the bridge's
-//! MAC and the management address over `AF_PACKET`. Root and the `guardctl` binary are needed;
-//! without them the tests fail (they do not skip).
+//! Each test builds the namespace lab (tests/src/lab/) and attaches guard to its bridge with
+//! `guardctl --netns`, protecting the host's management network. Guest `g1` sends an attack
+//! of N UDP frames to the bridge's MAC and the host's management address over `AF_PACKET`.
 //!
-//! The lab helper is deliberately small: the attack lab in `tests/src/lab/` (another branch)
-//! will replace it.
+//! Needs root, and `guardctl` built in the same profile first (cargo does not build other
+//! packages' binaries for these tests; `cargo xtask test` does it):
+//!
+//! ```text
+//! cargo build --release -p guard-userspace --bin guardctl
+//! cargo test --release -p guard-tests --test observe
+//! ```
+//!
+//! A test that cannot run (not root, no guardctl) fails; it never skips.
 #![expect(clippy::unwrap_used, reason = "tests")]
 #![expect(
     clippy::float_cmp,
@@ -16,306 +21,135 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::MutexGuard,
     time::{Duration, Instant},
 };
 
-use guard_tests::lab::guardctl::{Tmux, http_get};
+use guard_tests::{
+    lab::{
+        Lab, Role, Variant,
+        addr::{self, BRIDGE},
+        frame::mac_to_string,
+        guardctl::{
+            Agent, Guardctl, PinScope, Stats, Tmux, free_local_port, http_get, pin_scope_dir,
+        },
+        harness::{assert_no_namespaces_left, require_root_and_guardctl, serial},
+        sock::PacketSocket,
+    },
+    packet::{Eth, Ipv4},
+};
 use serde_json::Value;
 
-const BRIDGE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x01, 0x01];
-const GUEST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x02, 0x02];
-const GUEST_IP: [u8; 4] = [10, 99, 0, 2];
-const MGMT_IP: [u8; 4] = [192, 0, 2, 1];
-const PROTECT: &str = "192.0.2.0/24=management";
+/// The host's management network (`mgmt0` holds [`addr::HOST_MGMT4`]).
+const PROTECT: &str = "10.10.0.0/24=management";
+/// The attacking guest's port.
+const PORT: &str = "vg1";
 const DST_PORT: u16 = 3260;
 const SRC_PORT: u16 = 40_000;
 
-fn guardctl() -> PathBuf {
-    if let Some(p) = std::env::var_os("GUARDCTL") {
-        return p.into();
-    }
-    // target/<profile>/deps/observe-* -> target/<profile>/guardctl
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let p = profile_dir.join("guardctl");
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build -p guard-userspace` (same profile) first, or set GUARDCTL",
-        p.display()
-    );
-    p
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "go{}{}{}",
-        tag,
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Reads with `read` until `done` holds of a reading, and returns that reading; fails with
-/// `timed_out` of the last reading once `within` has passed.
-fn wait_until<T>(
-    within: Duration,
-    mut read: impl FnMut() -> T,
-    done: impl Fn(&T) -> bool,
-    timed_out: impl Fn(&T) -> String,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = read();
-        if done(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{}", timed_out(&v));
-        std::thread::yield_now();
-    }
-}
-
-/// Two namespaces and the guard attachment in the host one; all removed on drop (also when
-/// the test panics).
-struct Lab {
+/// A lab with guard's pins guarded. Fields drop in order: the pins first, then the
+/// namespaces, then the one-lab-at-a-time lock (also when the test panics).
+struct Observed {
+    gctl: Guardctl,
     host: String,
-    guest: String,
+    pins: PinScope,
+    lab: Lab,
+    _serial: MutexGuard<'static, ()>,
 }
 
-impl Lab {
-    fn new(tag: &str) -> Self {
-        assert!(
-            // SAFETY: no arguments.
-            unsafe { libc::geteuid() } == 0,
-            "these tests need root (they build namespaces and attach XDP)"
+impl Observed {
+    fn new() -> Self {
+        let serial = serial();
+        let gctl = require_root_and_guardctl(
+            "the observability tests need root (namespaces, XDP, bpffs); not skipping",
         );
-        let lab = Self {
-            host: unique(&format!("{tag}h")),
-            guest: unique(&format!("{tag}g")),
-        };
-        let (h, g) = (lab.host.as_str(), lab.guest.as_str());
-        sh(&["ip", "netns", "add", h]);
-        sh(&["ip", "netns", "add", g]);
-        // No IPv6 in the guest: router solicitations and MLD reports would be judged (and
-        // counted) at unpredictable times, and counter comparisons must be exact.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            g,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]);
-        let mac = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        sh(&["ip", "-n", h, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            h,
-            "link",
-            "add",
-            "br0",
-            "address",
-            &mac(BRIDGE_MAC),
-            "type",
-            "bridge",
-        ]);
-        sh(&["ip", "-n", h, "link", "set", "br0", "up"]);
-        // The management interface: a veth (this kernel has no dummy driver).
-        sh(&[
-            "ip", "-n", h, "link", "add", "mgmt0", "type", "veth", "peer", "name", "mgmt1",
-        ]);
-        sh(&["ip", "-n", h, "addr", "add", "192.0.2.1/24", "dev", "mgmt0"]);
-        sh(&["ip", "-n", h, "link", "set", "mgmt0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            h,
-            "link",
-            "add",
-            "vp0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ve0",
-            "netns",
-            g,
-            "address",
-            &mac(GUEST_MAC),
-        ]);
-        sh(&["ip", "-n", h, "link", "set", "vp0", "master", "br0"]);
-        sh(&["ip", "-n", h, "link", "set", "vp0", "up"]);
-        sh(&["ip", "-n", g, "link", "set", "ve0", "up"]);
-        lab
+        let lab = Lab::build(Variant::Base).expect("build the lab");
+        // No IPv6 in the attacking guest: router solicitations and MLD reports would be
+        // judged (and counted) at unpredictable times, and counter comparisons must be exact.
+        lab.netns(Role::G1)
+            .sysctl(&[
+                ("net.ipv6.conf.all.disable_ipv6", "1"),
+                ("net.ipv6.conf.default.disable_ipv6", "1"),
+            ])
+            .expect("quiet guest");
+        let host = lab.ns(Role::Host).to_owned();
+        let pins = PinScope::new(&host).expect("pin scope");
+        Self {
+            gctl,
+            host,
+            pins,
+            lab,
+            _serial: serial,
+        }
     }
 
-    fn guardctl(&self) -> Command {
-        let mut c = Command::new(guardctl());
-        c.args(["--netns", &self.host]);
-        c
+    /// Removes the pins and the namespaces now, reporting errors, and checks nothing is left.
+    fn finish(self) {
+        let Self {
+            pins, lab, _serial, ..
+        } = self;
+        drop(pins);
+        lab.teardown().expect("tear the lab down");
+        assert_no_namespaces_left();
+    }
+
+    fn guardctl(&self, args: &[&str]) -> Command {
+        self.gctl.command(Some(&self.host), args)
     }
 
     fn attach(&self, extra: &[&str]) {
-        let out = self
-            .guardctl()
-            .args(["attach", "br0", "--protect", PROTECT])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "attach: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut args = vec!["attach", BRIDGE, "--protect", PROTECT];
+        args.extend_from_slice(extra);
+        self.gctl.ok(Some(&self.host), &args).unwrap();
     }
 
-    fn stats(&self) -> Value {
-        let out = self
-            .guardctl()
-            .args(["stats", "br0", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "stats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        guard_tests::lab::guardctl::stats_entry(&v)
-            .expect("stats --json: one bridge")
-            .0
+    fn stats(&self) -> Stats {
+        self.gctl.stats(&self.host, BRIDGE).unwrap()
     }
 
-    /// Polls `stats --json` until `done` holds (bounded), and returns the last reading.
-    fn wait_stats(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        wait_until(
-            Duration::from_secs(10),
-            || self.stats(),
-            done,
-            |s| format!("timed out waiting for {what}: {s:#}"),
-        )
+    /// Polls `stats --json` until `done` holds (bounded), and returns that reading.
+    fn wait_stats(&self, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
+        self.gctl
+            .wait_stats(&self.host, BRIDGE, what, Duration::from_secs(10), done)
+            .unwrap()
+    }
+
+    /// Ethernet + IPv4 + UDP from `g1` to the management address, 60 bytes.
+    fn attack_frame(&self) -> Eth {
+        let g1 = &self.lab.port(Role::G1).unwrap().guest;
+        Eth::new(self.lab.bridge.mac, g1.mac).ipv4(Ipv4::new(addr::G1_4, addr::HOST_MGMT4).udp(
+            SRC_PORT,
+            DST_PORT,
+            &[0x5a; 18],
+        ))
+    }
+
+    /// Sends `frame` `n` times out of `g1`.
+    fn send(&self, frame: &[u8], n: usize) {
+        let g1 = &self.lab.port(Role::G1).unwrap().guest;
+        let sock = PacketSocket::open(&g1.ns, &g1.name, 0).unwrap();
+        for _ in 0..n {
+            sock.send(frame).unwrap();
+        }
     }
 
     /// Sends `n` attack frames from the guest.
     fn attack(&self, n: usize) {
-        let guest = self.guest.clone();
-        std::thread::spawn(move || send_frames(&guest, "ve0", &attack_frame(), n))
-            .join()
-            .unwrap();
+        self.send(&self.attack_frame().build(), n);
     }
 }
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.guardctl().args(["detach", "br0"]).output();
-        for ns in [&self.host, &self.guest] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
+/// One JSON event a line, as `guardctl events --json` prints them.
+fn parse_events(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
-fn port_counter(stats: &Value, port: &str, reason: &str) -> u64 {
-    stats["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == port)
-        .map_or(0, |p| p["reasons"][reason]["packets"].as_u64().unwrap())
-}
-
-/// Ethernet + IPv4 + UDP to the management address, 60 bytes.
-fn attack_frame() -> Vec<u8> {
-    let payload = [0x5a_u8; 18];
-    let udp_len = 8 + payload.len();
-    let ip_len = 20 + udp_len;
-    let mut f = Vec::new();
-    f.extend_from_slice(&BRIDGE_MAC);
-    f.extend_from_slice(&GUEST_MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
-    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    ip.extend_from_slice(&GUEST_IP);
-    ip.extend_from_slice(&MGMT_IP);
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&SRC_PORT.to_be_bytes());
-    f.extend_from_slice(&DST_PORT.to_be_bytes());
-    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&payload);
-    f
-}
-
-/// Moves the calling thread into `ns` (only this thread).
-fn enter_netns(ns: &str) {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    // SAFETY: a valid fd for the duration of the call.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-}
-
-/// Sends `frame` `n` times out of `ifname` in `ns` with an `AF_PACKET` socket.
-fn send_frames(ns: &str, ifname: &str, frame: &[u8], n: usize) {
-    enter_netns(ns);
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: plain syscalls on values we own; the sockaddr is fully initialised.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr());
-        assert_ne!(ifindex, 0, "{ifname} in {ns}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut sa: libc::sockaddr_ll = std::mem::zeroed();
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_ifindex = ifindex.cast_signed();
-        sa.sll_halen = 6;
-        sa.sll_addr[..6].copy_from_slice(&frame[..6]);
-        for _ in 0..n {
-            let rc = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(
-                rc,
-                frame.len().cast_signed(),
-                "sendto: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        libc::close(fd);
-    }
+fn events(s: &Stats, key: &str) -> u64 {
+    s.0["events"][key].as_u64().unwrap()
 }
 
 /// A `guardctl events` process, killed on drop.
@@ -324,13 +158,11 @@ struct Reader {
 }
 
 impl Reader {
-    fn start(lab: &Lab, args: &[&str], env: &[(&str, &Path)]) -> Self {
-        let mut cmd = lab.guardctl();
-        cmd.arg("events")
-            .arg("br0")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    fn start(obs: &Observed, args: &[&str], env: &[(&str, &Path)]) -> Self {
+        let mut all = vec!["events", BRIDGE];
+        all.extend_from_slice(args);
+        let mut cmd = obs.guardctl(&all);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -379,8 +211,9 @@ impl Drop for Reader {
     }
 }
 
-fn check_event(ev: &Value, vm: Option<&str>) {
-    assert_eq!(ev["port"], "vp0", "{ev}");
+fn check_event(obs: &Observed, ev: &Value, vm: Option<&str>) {
+    let g1 = &obs.lab.port(Role::G1).unwrap().guest;
+    assert_eq!(ev["port"], PORT, "{ev}");
     assert_eq!(ev["vm"].as_str(), vm, "{ev}");
     // With a VM, the guest's MAC from libvirt; without, the port interface's own MAC.
     if vm.is_some() {
@@ -389,14 +222,14 @@ fn check_event(ev: &Value, vm: Option<&str>) {
         assert_eq!(ev["port_mac"].as_str().map(str::len), Some(17), "{ev}");
     }
     assert_eq!(ev["reason"], "deny_ipv4", "{ev}");
-    assert_eq!(ev["src_mac"], "02:00:00:00:02:02", "{ev}");
-    assert_eq!(ev["dst_mac"], "02:00:00:00:01:01", "{ev}");
-    assert_eq!(ev["src_ip"], "10.99.0.2", "{ev}");
-    assert_eq!(ev["dst_ip"], "192.0.2.1", "{ev}");
+    assert_eq!(ev["src_mac"], mac_to_string(&g1.mac), "{ev}");
+    assert_eq!(ev["dst_mac"], mac_to_string(&obs.lab.bridge.mac), "{ev}");
+    assert_eq!(ev["src_ip"], addr::G1_4.to_string(), "{ev}");
+    assert_eq!(ev["dst_ip"], addr::HOST_MGMT4.to_string(), "{ev}");
     assert_eq!(ev["proto"], "udp", "{ev}");
     assert_eq!(ev["src_port"], SRC_PORT, "{ev}");
     assert_eq!(ev["dst_port"], DST_PORT, "{ev}");
-    assert_eq!(ev["rule"]["prefix"], "192.0.2.0/24", "{ev}");
+    assert_eq!(ev["rule"]["prefix"], "10.10.0.0/24", "{ev}");
     assert_eq!(ev["rule"]["class"], "management", "{ev}");
     assert_eq!(ev["len"], 60, "{ev}");
     assert_eq!(ev["captured"], 60, "{ev}");
@@ -418,35 +251,31 @@ fn events_are_rate_limited_on_tc_too() {
 fn rate_limited(hook: &str) {
     const N: u64 = 40;
     const LIMIT: u64 = 10;
-    let lab = Lab::new(&hook[..1]);
-    lab.attach(&["--event-rate", &LIMIT.to_string(), "--hook", hook]);
-    let stats = lab.stats();
-    let mode = stats["ports"]
+    let obs = Observed::new();
+    obs.attach(&["--event-rate", &LIMIT.to_string(), "--hook", hook]);
+    let stats = obs.stats();
+    let mode = stats.0["ports"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "vp0"))
+        .and_then(|ps| ps.iter().find(|p| p["name"] == PORT))
         .map_or(&Value::Null, |p| &p["mode"]);
     assert!(mode.as_str().unwrap().starts_with(hook), "hooked as {mode}");
-    let pcap = std::env::temp_dir().join(format!("{}.pcap", lab.host));
-    let reader = Reader::start(&lab, &["--json", "--pcap", pcap.to_str().unwrap()], &[]);
-    lab.attack(N as usize);
+    let pcap = std::env::temp_dir().join(format!("{}.pcap", obs.host));
+    let reader = Reader::start(&obs, &["--json", "--pcap", pcap.to_str().unwrap()], &[]);
+    obs.attack(N as usize);
     // Every frame was judged once the kernel's event accounting covers all N.
-    let s = lab.wait_stats("N drops and N event decisions", |s| {
-        s["events"]["sampled"].as_u64().unwrap() + s["events"]["suppressed"].as_u64().unwrap() >= N
-            && port_counter(s, "vp0", "deny_ipv4") >= N
+    let s = obs.wait_stats("N drops and N event decisions", |s| {
+        events(s, "sampled") + events(s, "suppressed") >= N && s.port_reason(PORT, "deny_ipv4") >= N
     });
     let out = reader.stop();
-    assert_eq!(port_counter(&s, "vp0", "deny_ipv4"), N, "{s:#}");
-    assert_eq!(s["totals"]["dropped"]["packets"], N, "{s:#}");
-    assert_eq!(s["events"]["sampled"], LIMIT, "{s:#}");
-    assert_eq!(s["events"]["suppressed"], N - LIMIT, "{s:#}");
-    assert_eq!(s["events"]["lost"], 0, "{s:#}");
-    let events: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(events.len() as u64, N.min(LIMIT), "{out}");
-    for ev in &events {
-        check_event(ev, None);
+    assert_eq!(s.port_reason(PORT, "deny_ipv4"), N, "{:#}", s.0);
+    assert_eq!(s.total_dropped(), N, "{:#}", s.0);
+    assert_eq!(events(&s, "sampled"), LIMIT, "{:#}", s.0);
+    assert_eq!(events(&s, "suppressed"), N - LIMIT, "{:#}", s.0);
+    assert_eq!(events(&s, "lost"), 0, "{:#}", s.0);
+    let evs = parse_events(&out);
+    assert_eq!(evs.len() as u64, N.min(LIMIT), "{out}");
+    for ev in &evs {
+        check_event(&obs, ev, None);
     }
     // The pcap reads back with tcpdump, one packet per event.
     let td = Command::new("tcpdump")
@@ -461,58 +290,48 @@ fn rate_limited(hook: &str) {
         String::from_utf8_lossy(&td.stderr)
     );
     let text = String::from_utf8_lossy(&td.stdout);
-    assert_eq!(text.lines().count(), events.len(), "{text}");
-    assert!(
-        text.lines()
-            .all(|l| l.contains("10.99.0.2.40000 > 192.0.2.1.3260: UDP")),
-        "{text}"
+    assert_eq!(text.lines().count(), evs.len(), "{text}");
+    let want = format!(
+        "{}.{SRC_PORT} > {}.{DST_PORT}: UDP",
+        addr::G1_4,
+        addr::HOST_MGMT4
     );
+    assert!(text.lines().all(|l| l.contains(&want)), "{text}");
+    obs.finish();
 }
 
 /// Below the limit every frame is reported, with the libvirt domain that owns the port.
 #[test]
 fn events_below_the_limit_name_the_vm() {
     const N: u64 = 25;
-    let lab = Lab::new("v");
-    lab.attach(&[]);
-    let dir = std::env::temp_dir().join(format!("{}-libvirt", lab.host));
+    let obs = Observed::new();
+    obs.attach(&[]);
+    let dir = std::env::temp_dir().join(format!("{}-libvirt", obs.host));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("guest-a.xml"),
-        "<domstatus state='running'><domain type='kvm'><name>guest-a</name><devices>\
-         <interface type='bridge'><mac address='52:54:00:00:00:0a'/><source bridge='br0'/>\
-         <target dev='vp0'/></interface></devices></domain></domstatus>",
+        format!(
+            "<domstatus state='running'><domain type='kvm'><name>guest-a</name><devices>\
+             <interface type='bridge'><mac address='52:54:00:00:00:0a'/>\
+             <source bridge='{BRIDGE}'/><target dev='{PORT}'/></interface></devices></domain>\
+             </domstatus>"
+        ),
     )
     .unwrap();
-    let reader = Reader::start(&lab, &["--json"], &[("GUARD_LIBVIRT_RUN_DIR", &dir)]);
-    lab.attack(N as usize);
-    let s = lab.wait_stats("N sampled events", |s| {
-        s["events"]["sampled"].as_u64().unwrap() >= N
-    });
+    let reader = Reader::start(&obs, &["--json"], &[("GUARD_LIBVIRT_RUN_DIR", &dir)]);
+    obs.attack(N as usize);
+    let s = obs.wait_stats("N sampled events", |s| events(s, "sampled") >= N);
     let out = reader.stop();
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(port_counter(&s, "vp0", "deny_ipv4"), N, "{s:#}");
-    assert_eq!(s["events"]["rate_limit"], 100, "{s:#}");
-    assert_eq!(s["events"]["suppressed"], 0, "{s:#}");
-    let events: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(events.len() as u64, N, "{out}");
-    for ev in &events {
-        check_event(ev, Some("guest-a"));
+    assert_eq!(s.port_reason(PORT, "deny_ipv4"), N, "{:#}", s.0);
+    assert_eq!(events(&s, "rate_limit"), 100, "{:#}", s.0);
+    assert_eq!(events(&s, "suppressed"), 0, "{:#}", s.0);
+    let evs = parse_events(&out);
+    assert_eq!(evs.len() as u64, N, "{out}");
+    for ev in &evs {
+        check_event(&obs, ev, Some("guest-a"));
     }
-}
-
-/// A `guardctl run` agent, stopped on drop.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id().cast_signed(), libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
+    obs.finish();
 }
 
 fn sample_value(s: &prometheus_parse::Sample) -> f64 {
@@ -526,46 +345,31 @@ fn sample_value(s: &prometheus_parse::Sample) -> f64 {
 
 /// A scrape of `/metrics` parses as Prometheus text and equals `guardctl stats --json`.
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, read top to bottom")]
 fn metrics_equal_stats_json() {
     const N: u64 = 30;
-    let lab = Lab::new("m");
+    let obs = Observed::new();
     // The listener is bound in the caller's (this test's) namespace: a free port there.
-    let addr = guard_tests::lab::guardctl::free_local_port().unwrap();
+    let addr = free_local_port().unwrap();
     let addr = addr.as_str();
-    let mut child = lab
-        .guardctl()
-        .args(["run", "br0", "--protect", PROTECT, "--metrics", addr])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let agent = Agent(child);
-    let mut lines = BufReader::new(stdout).lines();
-    // The agent prints this after attaching and starting the server (bounded by the
-    // attach: a failed start ends the process and the stream).
-    loop {
-        let l = lines
-            .next()
-            .expect("agent exited before serving metrics")
-            .unwrap();
-        if l.contains("metrics at") {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    lab.attack(N as usize);
-    lab.wait_stats("N drops", |s| port_counter(s, "vp0", "deny_ipv4") >= N);
+    let mut agent = Agent::spawn(
+        &obs.gctl,
+        &obs.host,
+        BRIDGE,
+        &["--protect", PROTECT, "--metrics", addr],
+    );
+    // The agent prints this after attaching and starting the server.
+    agent.wait_for("metrics at", Duration::from_secs(20));
+    obs.attack(N as usize);
+    obs.wait_stats("N drops", |s| s.port_reason(PORT, "deny_ipv4") >= N);
     // Counters are quiet now (no IPv6 in the guest, nothing else sends); still, compare a
     // scrape only with identical readings before and after it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (stats, body) = loop {
-        let before = lab.stats();
+        let before = obs.stats();
         let body = http_get(addr, "/metrics").unwrap();
-        let after = lab.stats();
-        if before == after {
-            break (after, body);
+        let after = obs.stats();
+        if before.0 == after.0 {
+            break (after.0, body);
         }
         assert!(Instant::now() < deadline, "counters never settled");
     };
@@ -596,7 +400,7 @@ fn metrics_equal_stats_json() {
         let port = p["name"].as_str().unwrap();
         for (reason, c) in p["reasons"].as_object().unwrap() {
             let l = [
-                ("bridge", "br0"),
+                ("bridge", BRIDGE),
                 ("port", port),
                 ("reason", reason.as_str()),
             ];
@@ -616,7 +420,7 @@ fn metrics_equal_stats_json() {
     assert_eq!(
         find(
             "guard_packets_total",
-            &[("port", "vp0"), ("reason", "deny_ipv4")]
+            &[("port", PORT), ("reason", "deny_ipv4")]
         ),
         n
     );
@@ -628,7 +432,7 @@ fn metrics_equal_stats_json() {
     }
     #[expect(clippy::cast_precision_loss, reason = "test counts are small")]
     let ports = stats["ports"].as_array().unwrap().len() as f64;
-    assert_eq!(find("guard_attached_ports", &[("bridge", "br0")]), ports);
+    assert_eq!(find("guard_attached_ports", &[("bridge", BRIDGE)]), ports);
     for (k, m) in [
         ("sampled", "guard_events_sampled_total"),
         ("lost", "guard_events_lost_total"),
@@ -636,13 +440,14 @@ fn metrics_equal_stats_json() {
     ] {
         #[expect(clippy::cast_precision_loss, reason = "test counts are small")]
         let v = stats["events"][k].as_u64().unwrap() as f64;
-        assert_eq!(find(m, &[("bridge", "br0")]), v, "{k}");
+        assert_eq!(find(m, &[("bridge", BRIDGE)]), v, "{k}");
     }
     assert_eq!(
-        find("guard_info", &[("bridge", "br0"), ("mode", "enforce")]),
+        find("guard_info", &[("bridge", BRIDGE), ("mode", "enforce")]),
         1.0
     );
-    drop(agent);
+    let _ = agent.stop();
+    obs.finish();
 }
 
 /// `top` in an 80x24 pseudo-terminal shows the attacking port within two seconds, and quits
@@ -650,30 +455,31 @@ fn metrics_equal_stats_json() {
 #[test]
 fn top_shows_the_attacking_port() {
     const N: usize = 20;
-    let lab = Lab::new("t");
-    lab.attach(&[]);
+    let obs = Observed::new();
+    obs.attach(&[]);
     let command = format!(
-        "{} --netns {} top br0; sleep 30",
-        guardctl().display(),
-        lab.host
+        "{} --netns {} top {BRIDGE}; sleep 30",
+        obs.gctl.path().display(),
+        obs.host
     );
-    let tmux = Tmux::start(&unique("tmux"), &command).unwrap();
+    let title = format!("guard top: {BRIDGE}");
+    let tmux = Tmux::start(&format!("{}tmux", obs.lab.prefix()), &command).unwrap();
     tmux.wait_for("the top screen", Duration::from_secs(10), |s| {
-        s.contains("guard top: br0")
+        s.contains(&title)
     })
     .unwrap();
-    lab.attack(N);
+    obs.attack(N);
     let attacked = Instant::now();
     let screen = tmux
         .wait_for("the attacking port", Duration::from_secs(2), |s| {
             s.lines()
-                .any(|l| l.contains("vp0") && l.contains("deny_ipv4"))
+                .any(|l| l.contains(PORT) && l.contains("deny_ipv4"))
         })
         .unwrap();
     eprintln!("shown after {:?}:\n{screen}", attacked.elapsed());
     assert!(screen.lines().count() <= 24);
     assert!(
-        screen.contains("10.99.0.2"),
+        screen.contains(&addr::G1_4.to_string()),
         "offender not shown:\n{screen}"
     );
     // `q` ends top (the shell then sleeps, so the pane stays and shows the prompt-less void).
@@ -682,14 +488,18 @@ fn top_shows_the_attacking_port() {
         .output()
         .unwrap();
     tmux.wait_for("top quitting", Duration::from_secs(5), |s| {
-        !s.contains("guard top: br0")
+        !s.contains(&title)
     })
     .unwrap();
+    drop(tmux);
+    obs.finish();
 }
 
 /// The lease entry of the lab's bridge, read from its pin.
-fn lease(lab: &Lab) -> u64 {
-    let path = format!("/sys/fs/bpf/guard/{}/br0/GUARD_EV_LEASE", lab.host);
+fn lease(obs: &Observed) -> u64 {
+    let path = pin_scope_dir(Some(&obs.host))
+        .join(BRIDGE)
+        .join("GUARD_EV_LEASE");
     let data = aya::maps::MapData::from_pin(&path).unwrap();
     let map = aya::maps::Map::from_map_data(data).unwrap();
     let arr: aya::maps::Array<_, guard_common::event::EventReader> =
@@ -701,33 +511,35 @@ fn lease(lab: &Lab) -> u64 {
 /// datapath clears it itself once it has expired, so events (and their cost) stop.
 #[test]
 fn a_dead_reader_does_not_leave_events_on() {
-    let lab = Lab::new("l");
-    lab.attach(&[]);
-    assert_eq!(lease(&lab), 0, "no reader yet");
-    let reader = Reader::start(&lab, &["--json"], &[]);
-    assert_ne!(lease(&lab), 0, "the reader holds the lease");
+    let obs = Observed::new();
+    obs.attach(&[]);
+    assert_eq!(lease(&obs), 0, "no reader yet");
+    let reader = Reader::start(&obs, &["--json"], &[]);
+    assert_ne!(lease(&obs), 0, "the reader holds the lease");
     let _ = reader.stop();
-    assert_eq!(lease(&lab), 0, "a clean exit gives the lease up");
+    assert_eq!(lease(&obs), 0, "a clean exit gives the lease up");
 
-    let mut reader = Reader::start(&lab, &["--json"], &[]);
+    let mut reader = Reader::start(&obs, &["--json"], &[]);
     reader.child.kill().unwrap();
     reader.child.wait().unwrap();
-    assert_ne!(lease(&lab), 0, "a killed reader cannot give it up");
+    assert_ne!(lease(&obs), 0, "a killed reader cannot give it up");
     // Frames keep coming; once the lease has run out (5 s) the first drop clears it.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while lease(&lab) != 0 {
+    while lease(&obs) != 0 {
         assert!(Instant::now() < deadline, "the lease was never cleared");
-        lab.attack(1);
+        obs.attack(1);
     }
-    let before = lab.stats();
-    lab.attack(10);
-    let after = lab.wait_stats("10 more drops", |s| {
-        port_counter(s, "vp0", "deny_ipv4") >= port_counter(&before, "vp0", "deny_ipv4") + 10
+    let before = obs.stats();
+    obs.attack(10);
+    let after = obs.wait_stats("10 more drops", |s| {
+        s.port_reason(PORT, "deny_ipv4") >= before.port_reason(PORT, "deny_ipv4") + 10
     });
     assert_eq!(
-        after["events"], before["events"],
+        after.0["events"], before.0["events"],
         "no events without a reader"
     );
+    drop(reader);
+    obs.finish();
 }
 
 /// VLAN tags (802.1ad outer, 802.1Q inner) are reported, outer first, with the inner packet's
@@ -735,33 +547,23 @@ fn a_dead_reader_does_not_leave_events_on() {
 #[test]
 fn events_report_vlan_tags() {
     const N: usize = 3;
-    let lab = Lab::new("q");
-    lab.attach(&[]);
-    let reader = Reader::start(&lab, &["--json"], &[]);
-    let plain = attack_frame();
-    let mut tagged = plain[..12].to_vec();
-    tagged.extend_from_slice(&[0x88, 0xa8, 0x00, 100, 0x81, 0x00, 0x00, 200]);
-    tagged.extend_from_slice(&plain[12..]);
-    let guest = lab.guest.clone();
-    std::thread::spawn(move || send_frames(&guest, "ve0", &tagged, N))
-        .join()
-        .unwrap();
-    lab.wait_stats("N sampled events", |s| {
-        s["events"]["sampled"].as_u64().unwrap() >= N as u64
-    });
+    let obs = Observed::new();
+    obs.attach(&[]);
+    let reader = Reader::start(&obs, &["--json"], &[]);
+    let tagged = obs.attack_frame().svlan(100).vlan(200).build();
+    obs.send(&tagged, N);
+    obs.wait_stats("N sampled events", |s| events(s, "sampled") >= N as u64);
     let out = reader.stop();
-    let events: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(events.len(), N, "{out}");
-    for ev in &events {
+    let evs = parse_events(&out);
+    assert_eq!(evs.len(), N, "{out}");
+    for ev in &evs {
         assert_eq!(ev["vlans"], serde_json::json!([100, 200]), "{ev}");
         assert_eq!(ev["ethertype"], "0x0800", "{ev}");
-        assert_eq!(ev["dst_ip"], "192.0.2.1", "{ev}");
+        assert_eq!(ev["dst_ip"], addr::HOST_MGMT4.to_string(), "{ev}");
         assert_eq!(ev["dst_port"], DST_PORT, "{ev}");
         assert_eq!(ev["len"], 68, "{ev}");
     }
+    obs.finish();
 }
 
 /// Monitor mode: the frames pass, are counted as `monitor_ipv4`, and are reported as such.
@@ -771,25 +573,23 @@ fn events_report_vlan_tags() {
 #[test]
 fn monitor_verdicts_make_events_too() {
     const N: u64 = 5;
-    let lab = Lab::new("o");
-    lab.attach(&["--monitor"]);
-    let reader = Reader::start(&lab, &["--json"], &[]);
-    lab.attack(N as usize);
-    let s = lab.wait_stats("N sampled events on the port and N on the bridge", |s| {
-        s["events"]["sampled"].as_u64().unwrap() >= 2 * N
+    let obs = Observed::new();
+    obs.attach(&["--monitor"]);
+    let reader = Reader::start(&obs, &["--json"], &[]);
+    obs.attack(N as usize);
+    let s = obs.wait_stats("N sampled events on the port and N on the bridge", |s| {
+        events(s, "sampled") >= 2 * N
     });
     let out = reader.stop();
-    assert_eq!(port_counter(&s, "vp0", "monitor_ipv4"), N, "{s:#}");
-    assert_eq!(port_counter(&s, "br0", "monitor_ipv4"), N, "{s:#}");
-    assert_eq!(s["totals"]["dropped"]["packets"], 0, "{s:#}");
-    let events: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let on = |port: &str| events.iter().filter(|e| e["port"] == port).count() as u64;
-    assert_eq!((on("vp0"), on("br0")), (N, N), "{out}");
-    for ev in &events {
+    assert_eq!(s.port_reason(PORT, "monitor_ipv4"), N, "{:#}", s.0);
+    assert_eq!(s.port_reason(BRIDGE, "monitor_ipv4"), N, "{:#}", s.0);
+    assert_eq!(s.total_dropped(), 0, "{:#}", s.0);
+    let evs = parse_events(&out);
+    let on = |port: &str| evs.iter().filter(|e| e["port"] == port).count() as u64;
+    assert_eq!((on(PORT), on(BRIDGE)), (N, N), "{out}");
+    for ev in &evs {
         assert_eq!(ev["reason"], "monitor_ipv4", "{ev}");
-        assert_eq!(ev["dst_ip"], "192.0.2.1", "{ev}");
+        assert_eq!(ev["dst_ip"], addr::HOST_MGMT4.to_string(), "{ev}");
     }
+    obs.finish();
 }

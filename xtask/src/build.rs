@@ -56,7 +56,7 @@ pub fn build(env: &setup::Env, release: bool) -> anyhow::Result<Built> {
     if release {
         host.arg("--release");
     }
-    cmd::run(&mut host).context(
+    cmd::run_cargo(&mut host).context(
         "building the host crates (guard-userspace/build.rs builds the release eBPF object)",
     )?;
 

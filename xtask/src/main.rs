@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod lint;
 mod setup;
 mod test;
 mod vm;
@@ -29,9 +30,12 @@ enum Verb {
     Setup,
     /// Set up, then build the host crates and the debug eBPF object.
     Build(build::Options),
+    /// rustfmt --check, clippy for the host crates and for the eBPF crate (no root needed).
+    Lint,
     /// Set up, build, then fmt, clippy, unit and privileged tests, as CI runs them (root).
     Test(test::Options),
-    /// Set up, build, then run the attack lab (not yet available).
+    /// Set up, build, then the attack lab: every attack without guard, then with `guardctl
+    /// attach br-guest`, and the legitimate flows; fails unless guard stops every attack (root).
     Demo,
     /// Set up, build, then measure guard against an empty program, xdp-filter and nftables.
     Bench(bench::Options),
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().verb {
         Verb::Setup => setup::run().map(drop),
         Verb::Build(options) => build::run(&options),
+        Verb::Lint => lint::run(),
         Verb::Test(options) => test::run(&options),
         Verb::Demo => demo::run(),
         Verb::Bench(options) => bench::run(&options),

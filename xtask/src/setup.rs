@@ -163,6 +163,27 @@ fn step<T>(
 /// The `setup` verb, also the first thing `build`, `test`, `demo`, `bench` and `vmtest` do.
 pub fn run() -> anyhow::Result<Env> {
     let start = Instant::now();
+    let env = toolchain()?;
+    step(
+        "bpffs",
+        "run as root, or `mount -t bpf bpf /sys/fs/bpf`",
+        mount_bpffs,
+    )?;
+    step(
+        "packages",
+        &format!(
+            "run as root, or `apt-get update && apt-get install -y {}`",
+            package_names().join(" ")
+        ),
+        packages,
+    )?;
+    println!("setup: done in {:.2}s", start.elapsed().as_secs_f64());
+    Ok(env)
+}
+
+/// Steps 1 to 3, all that compiling needs (`cargo xtask lint` stops here): none of them needs
+/// root, since bpf-linker goes into cargo's own `bin` directory.
+pub fn toolchain() -> anyhow::Result<Env> {
     let toolchain = step(
         "toolchain",
         "install rustup (https://rustup.rs) and `rustup toolchain install nightly`",
@@ -184,20 +205,6 @@ pub fn run() -> anyhow::Result<Env> {
         ),
         || bpf_linker(&toolchain),
     )?;
-    step(
-        "bpffs",
-        "run as root, or `mount -t bpf bpf /sys/fs/bpf`",
-        mount_bpffs,
-    )?;
-    step(
-        "packages",
-        &format!(
-            "run as root, or `apt-get update && apt-get install -y {}`",
-            package_names().join(" ")
-        ),
-        packages,
-    )?;
-    println!("setup: done in {:.2}s", start.elapsed().as_secs_f64());
     Ok(Env {
         toolchain,
         linker_dir,

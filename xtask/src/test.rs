@@ -1,5 +1,6 @@
 //! `cargo xtask test [--quick] [-- <libtest args>]`: every check CI runs, in order: rustfmt,
-//! clippy for the host crates, clippy for the eBPF crate, unit tests, then the privileged
+//! clippy for the host crates, clippy for the eBPF crate (those three are `cargo xtask lint`),
+//! unit tests, then the privileged
 //! tests in the release and the dev profile (the verifier sees different code in each).
 //! Every step runs even after one fails, and one closing line gives the totals.
 use std::{process::Command, time::Instant};
@@ -7,8 +8,8 @@ use std::{process::Command, time::Instant};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    build::{self, DEBUG_OBJECT_ENV, EBPF_TARGET},
-    cmd, setup,
+    build::{self, DEBUG_OBJECT_ENV},
+    cmd, lint, setup,
 };
 
 #[derive(clap::Args)]
@@ -73,33 +74,14 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let built = build::build(&env, true)?;
     let root = &built.workspace.root;
 
-    // (name, command, whether it is a libtest run whose results are counted)
-    let mut steps: Vec<(&str, Command, bool)> = Vec::new();
+    let mut failed_steps = Vec::new();
     if !options.quick {
-        let mut fmt = Command::new("cargo");
-        fmt.args(["fmt", "--all", "--", "--check"]);
-        steps.push(("rustfmt", fmt, false));
-
-        let mut clippy = env.host_cargo();
-        clippy
-            .args([
-                "clippy",
-                "--workspace",
-                "--exclude",
-                "guard-ebpf",
-                "--all-targets",
-            ])
-            .args(["--", "-D", "warnings"]);
-        steps.push(("clippy (host crates)", clippy, false));
-
-        let mut clippy = env.ebpf_cargo();
-        clippy
-            .args(["clippy", "-p", "guard-ebpf", "--target", EBPF_TARGET])
-            .args(["-Z", "build-std=core", "--", "-D", "warnings"])
-            .env("CARGO_ENCODED_RUSTFLAGS", build::ebpf_rustflags());
-        steps.push(("clippy (guard-ebpf)", clippy, false));
+        // rustfmt and both clippy runs: `cargo xtask lint`, which needs no root.
+        failed_steps.extend(lint::check(&env, &built.workspace));
     }
 
+    // The libtest runs, whose results are counted.
+    let mut steps: Vec<(&str, Command)> = Vec::new();
     let mut unit = env.host_cargo();
     unit.args([
         "test",
@@ -110,34 +92,23 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "--exclude",
         "guard-tests",
     ]);
-    steps.push(("unit tests", unit, true));
+    steps.push(("unit tests", unit));
 
     let mut privileged = env.host_cargo();
     privileged.args(["test", "-p", "guard-tests", "--release"]);
-    steps.push(("privileged tests", privileged, true));
+    steps.push(("privileged tests", privileged));
 
     let mut totals = Totals::default();
-    let mut failed_steps = Vec::new();
-    for (name, mut command, counted) in steps {
+    for (name, mut command) in steps {
         println!("test: {name}");
-        command.current_dir(root);
-        let ok = if counted {
-            // Run every test binary even when one fails, so the totals are complete.
-            command
-                .args(["--no-fail-fast", "--"])
-                .args(&options.args)
-                .env(DEBUG_OBJECT_ENV, &built.debug_object);
-            cmd::run_tee(&mut command, |line| totals.add(line))
-                .with_context(|| format!("step `{name}`"))?
-        } else {
-            match cmd::run(&mut command) {
-                Ok(()) => true,
-                Err(err) => {
-                    println!("test: {name} FAILED: {err:#}");
-                    false
-                }
-            }
-        };
+        // Run every test binary even when one fails, so the totals are complete.
+        command
+            .current_dir(root)
+            .args(["--no-fail-fast", "--"])
+            .args(&options.args)
+            .env(DEBUG_OBJECT_ENV, &built.debug_object);
+        let ok = cmd::run_tee(&mut command, |line| totals.add(line))
+            .with_context(|| format!("step `{name}`"))?;
         if !ok {
             failed_steps.push(name);
         }
@@ -150,7 +121,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         println!("test: bench smoke run FAILED: {err:#}");
         failed_steps.push("bench smoke run");
     }
-    if !vm_matrix(options.quick, &built.debug_object) {
+    if !vm_matrix(options.quick, &built) {
         failed_steps.push("VM matrix");
     }
 
@@ -177,13 +148,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 /// The kernel matrix and the tap guest (`cargo xtask vmtest`); false if it failed.
-fn vm_matrix(quick: bool, debug_object: &std::path::Path) -> bool {
+fn vm_matrix(quick: bool, built: &build::Built) -> bool {
     if quick {
         println!("test: the VM matrix is not run with --quick (CI runs it)");
         return true;
     }
     println!("test: VM matrix (cargo xtask vmtest)");
-    match crate::vm::vmtest(&crate::vm::VmtestArgs::default(), debug_object) {
+    match crate::vm::vmtest(&crate::vm::VmtestArgs::default(), built) {
         Ok(()) => true,
         Err(err) => {
             println!("test: VM matrix FAILED: {err:#}");

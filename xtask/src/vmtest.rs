@@ -7,5 +7,5 @@ pub fn run(args: &vm::VmtestArgs) -> anyhow::Result<()> {
     // The guests run the debug eBPF object too; release host crates, as `cargo xtask test`
     // builds them (one shared build).
     let built = build::build(&env, true)?;
-    vm::vmtest(args, &built.debug_object)
+    vm::vmtest(args, &built)
 }

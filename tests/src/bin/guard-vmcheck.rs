@@ -23,11 +23,11 @@ mod tunnels;
 
 use std::{process::ExitCode, thread, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use guard_tests::cases::run_table;
 use guard_tests::datapath::Hook;
-use guard_tests::lab::frame::{Mac, mac_to_string};
+use guard_tests::lab::frame::{mac_to_string, parse_mac};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -95,12 +95,6 @@ fn emit<T: Serialize>(check: &str, kernel: &str, body: &T) -> Result<()> {
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned())
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Result<Mac> {
-    guard_tests::lab::frame::parse_mac(s.trim())
-        .ok_or_else(|| anyhow!("{s:?} is not a MAC address"))
 }
 
 /// What one object's program did with the case table.

@@ -142,6 +142,31 @@ impl Guardctl {
             serde_json::from_str(&out).with_context(|| format!("stats --json: {out:?}"))?;
         stats_entry(&v).with_context(|| format!("stats --json has no entry for {bridge}: {out}"))
     }
+
+    /// Polls `stats BRIDGE --json` until `done` holds of a reading (or `timeout` passes, an
+    /// error naming `what` and showing the last reading), and returns that reading.
+    pub fn wait_stats(
+        &self,
+        netns: &str,
+        bridge: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Stats) -> bool,
+    ) -> Result<Stats> {
+        let mut last = None;
+        poll(timeout, || {
+            let s = self.stats(netns, bridge).ok()?;
+            let hit = done(&s).then(|| s.clone());
+            last = Some(s);
+            hit
+        })
+        .with_context(|| {
+            format!(
+                "timed out after {timeout:?} waiting for {what}: {:#}",
+                last.map_or(serde_json::Value::Null, |s| s.0)
+            )
+        })
+    }
 }
 
 /// The first bridge of a `stats --json` document (`guardctl.stats.v1`).

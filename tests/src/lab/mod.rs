@@ -705,9 +705,7 @@ impl Lab {
             .as_u64()
             .and_then(|i| u32::try_from(i).ok())
             .with_context(|| format!("ifindex of {name} in {}", ns.name()))?;
-        let mac = link["address"]
-            .as_str()
-            .and_then(parse_mac)
+        let mac = parse_mac(link["address"].as_str().unwrap_or_default())
             .with_context(|| format!("MAC of {name} in {}", ns.name()))?;
         Ok(Iface {
             ns: ns.name().to_owned(),

@@ -232,6 +232,14 @@ impl NetNs {
             .with_context(|| format!("setting sysctls in network namespace {}", self.name))
     }
 
+    /// Reads one sysctl inside the namespace (`sysctl -n KEY` through `ip netns exec`, as
+    /// [`NetNs::sysctl`] writes them).
+    pub fn sysctl_get(&self, key: &str) -> Result<String> {
+        self.exec("sysctl", &["-n", key], None)
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("reading {key}"))
+    }
+
     /// Runs any command inside the namespace (`ip netns exec <ns> <program> <args>`).
     pub fn exec(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
         run_cmd(

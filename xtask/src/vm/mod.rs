@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::cmd;
+use crate::{build::Built, cmd, workspace::Workspace};
 
 /// `cargo xtask vmtest` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -98,17 +98,6 @@ impl Row {
         self.ok = false;
         self.notes.push(why);
     }
-}
-
-fn workspace_root() -> PathBuf {
-    // xtask sits one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 /// Builds guardctl and guard-vmcheck static (musl): they run in initramfs guests with no C
@@ -469,16 +458,17 @@ fn render(rows: &[Row]) -> String {
     s
 }
 
-/// The entry point: `cargo xtask vmtest`. `debug_object` is the debug eBPF object
-/// (`cargo xtask build`'s), which the guests run after the embedded release one.
-pub fn vmtest(args: &VmtestArgs, debug_object: &Path) -> Result<()> {
+/// The entry point: `cargo xtask vmtest`. `built` is `cargo xtask build`'s output: where the
+/// workspace and its target directory are, and the debug eBPF object, which the guests run
+/// after the embedded release one.
+pub fn vmtest(args: &VmtestArgs, built: &Built) -> Result<()> {
+    let debug_object = &built.debug_object;
     check_root()?;
     let kernels = kernel::select(&args.kernel)?;
     host::ensure_tools()?;
-    let root = workspace_root();
-    let target = target_dir(&root);
-    let work = target.join("vm");
-    let (guardctl, vmcheck) = build_static(&root, &target)?;
+    let Workspace { root, target_dir } = &built.workspace;
+    let work = target_dir.join("vm");
+    let (guardctl, vmcheck) = build_static(root, target_dir)?;
     let bins = [guardctl.clone(), vmcheck.clone()];
     let files = initramfs::Files {
         bins: &bins,

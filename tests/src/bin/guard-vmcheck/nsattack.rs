@@ -15,12 +15,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use guard_tests::lab::{frame::Mac, netns::run_cmd};
+use guard_tests::lab::{
+    frame::{Mac, parse_mac},
+    netns::run_cmd,
+};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    parse_mac,
     plan::{self, BRIDGE_IP, PROTECT, Verdict, all_frames, judge},
     raw::{Receiver, send},
 };

@@ -25,13 +25,13 @@ use aya::{
 use guard_common::{
     DEFAULT_TUNNEL_PORTS, GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_FIB_SKIP_NEIGH,
     GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_STRICT_MAC, GlobalConfig,
-    MAX_PORT_SLOTS, PORT_FLAG_EGRESS_OK, PORT_FLAG_MONITOR, PortConfig, PortSet,
+    MAX_PORT_SLOTS, Mac, PORT_FLAG_EGRESS_OK, PORT_FLAG_MONITOR, PortConfig, PortSet,
     event::DEFAULT_EVENT_RATE, map_names, program_names,
 };
 
 use crate::{
     EBPF_OBJECT,
-    discovery::{Discovery, Iface, Mac, fmt_mac, parse_mac},
+    discovery::{Discovery, Iface},
     error::{GuardError, Result},
     layout,
     maps::GuardMaps,
@@ -351,8 +351,8 @@ impl Guard {
         // Validate everything that can be validated before touching the kernel.
         Hook::parse(&options.hook)?;
         for m in &options.extra_macs {
-            parse_mac(m)
-                .ok_or_else(|| GuardError::Policy(format!("{m:?} is not a MAC address")))?;
+            m.parse::<Mac>()
+                .map_err(|_| GuardError::Policy(format!("{m:?} is not a MAC address")))?;
         }
         ensure_bpffs(loc.run_root())?;
         let _lock = loc.lock()?;
@@ -577,20 +577,23 @@ impl Guard {
         let mut macs: BTreeMap<Mac, String> = discovery
             .host_macs
             .iter()
-            .map(|(m, s)| (*m, s.to_string()))
+            .map(|(m, s)| (Mac(*m), s.to_string()))
             .collect();
         for m in &self.state.options.extra_macs {
-            if let Some(mac) = parse_mac(m) {
+            if let Ok(mac) = m.parse::<Mac>() {
                 macs.entry(mac).or_insert_with(|| "config".to_owned());
             }
         }
         let set: BTreeSet<Mac> = macs.keys().copied().collect();
-        let before: BTreeSet<Mac> = self.maps.mac_table()?.macs().collect();
+        let before: BTreeSet<Mac> = self.maps.mac_table()?.macs().map(Mac).collect();
         let changed = before != set;
         if changed {
             self.maps.set_host_macs(&set)?;
         }
-        self.state.host_macs = macs.iter().map(|(m, s)| (fmt_mac(m), s.clone())).collect();
+        self.state.host_macs = macs
+            .iter()
+            .map(|(m, s)| (m.to_string(), s.clone()))
+            .collect();
         Ok(changed)
     }
 

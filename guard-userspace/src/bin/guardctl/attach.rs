@@ -11,6 +11,7 @@ use guard::{
     policy::{Action, RuleArg, parse_net},
     state::Options,
 };
+use guard_common::Mac;
 use ipnet::IpNet;
 
 use crate::{Cli, exit, output};
@@ -85,9 +86,9 @@ pub struct AttachArgs {
 
 /// `--host-mac`: a MAC is validated like any other argument (a usage error).
 fn parse_mac_arg(s: &str) -> Result<String, String> {
-    discovery::parse_mac(s)
-        .map(|m| discovery::fmt_mac(&m))
-        .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
+    s.parse::<Mac>()
+        .map(|m| m.to_string())
+        .map_err(|_| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
 }
 
 /// The options for an attach: the configuration file's entry for the bridge, if any, with

@@ -35,74 +35,16 @@ use crate::{
     error::{GuardError, Result},
     layout,
     maps::GuardMaps,
+    options::{Hook, HookMode, Options},
     pins::{Location, check_bpffs_visible, ensure_bpffs},
     policy::Policy,
-    state::{Failure, HookMode, Item, Options, PortState, State, now},
+    state::{Failure, Item, PortState, State, now},
 };
 
 /// Priority and handle of guard's `cls_bpf` filter in `--hook tc` mode (fixed, so a later
 /// attach finds and replaces it atomically).
 const TC_PRIORITY: u16 = 0x4755;
 const TC_HANDLE: TcHandle = TcHandle::new(0x4755, 1);
-
-/// The hook asked for on the command line or in the configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Xdp,
-    XdpGeneric,
-    Tc,
-    Tcx,
-}
-
-impl Hook {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "" | "xdp" => Ok(Self::Xdp),
-            "xdp-generic" => Ok(Self::XdpGeneric),
-            "tc" => Ok(Self::Tc),
-            "tcx" => Ok(Self::Tcx),
-            other => Err(GuardError::Policy(format!(
-                "unknown hook {other:?}: use xdp, xdp-generic, tc or tcx"
-            ))),
-        }
-    }
-
-    /// The modes tried for a port, best first. A port that refuses one falls back to the
-    /// next (and `status` says why).
-    #[must_use]
-    pub fn candidates(self) -> &'static [HookMode] {
-        match self {
-            Self::Xdp => &[
-                HookMode::XdpNative,
-                HookMode::XdpGeneric,
-                HookMode::Tcx,
-                HookMode::Tc,
-            ],
-            Self::XdpGeneric => &[HookMode::XdpGeneric, HookMode::Tcx, HookMode::Tc],
-            Self::Tcx => &[HookMode::Tcx, HookMode::Tc],
-            Self::Tc => &[HookMode::Tc],
-        }
-    }
-}
-
-impl std::str::FromStr for Hook {
-    type Err = GuardError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Self::parse(s)
-    }
-}
-
-impl std::fmt::Display for Hook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Xdp => "xdp",
-            Self::XdpGeneric => "xdp-generic",
-            Self::Tc => "tc",
-            Self::Tcx => "tcx",
-        })
-    }
-}
 
 /// A cheap identity of the embedded object: a new build gets new programs on attach, the
 /// same build reuses the pinned ones.

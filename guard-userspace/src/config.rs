@@ -39,9 +39,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    attach::Hook,
-    policy::{Policy, RuleSpec, parse_allow, parse_net, parse_protect},
-    state::Options,
+    options::{Hook, Options},
+    policy::Policy,
+    rule::{RuleSpec, parse_allow, parse_net, parse_protect},
 };
 
 #[derive(Debug, Deserialize)]

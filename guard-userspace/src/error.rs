@@ -99,7 +99,7 @@ pub enum GuardError {
     #[error("the bridge was attached without a configuration file: name one with --config FILE")]
     NoConfigFile,
     #[error(transparent)]
-    Prefix(#[from] crate::policy::PrefixError),
+    Prefix(#[from] crate::rule::PrefixError),
 }
 
 pub type Result<T, E = GuardError> = std::result::Result<T, E>;

@@ -5,11 +5,11 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use guard::{
-    attach::{Changes, Guard, Hook, embedded_object},
+    attach::{Changes, Guard, embedded_object},
     config,
     discovery::{self, Discovery},
-    policy::{Action, RuleArg, parse_net},
-    state::Options,
+    options::{Hook, Options},
+    rule::{Action, RuleArg, parse_net},
 };
 use guard_common::Mac;
 use ipnet::IpNet;

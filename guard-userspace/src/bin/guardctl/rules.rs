@@ -252,7 +252,7 @@ async fn save(cli: &Cli, bridge: &str, config: Option<&PathBuf>) -> Result<ExitC
         o.config_file = Some(path.clone());
         guard::config::save_bridge(&path, bridge, &o)?;
         s.options = o;
-        s.edits = guard::state::Edits::default();
+        s.edits = guard::options::Edits::default();
         written = Some(path);
         Ok(())
     })?;

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod rule;
 pub mod state;
 pub mod stats;
+pub(crate) mod sys;
 
 pub use error::{GuardError, Result};
 

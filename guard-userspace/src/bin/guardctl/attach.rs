@@ -153,12 +153,12 @@ pub fn attach_with(cli: &Cli, a: &AttachArgs, found: &Discovery) -> Result<(Guar
         }
     }
     report_failures(&a.bridge, &changes);
-    if !guard.state.edits.is_empty() {
+    if !guard.state().edits.is_empty() {
         eprintln!(
             "guardctl: {}: {} live rule edit(s) kept (`{} rules list {}`; `rules reset` \
              drops them, `rules save` writes them to the configuration file)",
             a.bridge,
-            guard.state.edits.added.len() + guard.state.edits.removed.len(),
+            guard.state().edits.added.len() + guard.state().edits.removed.len(),
             output::guardctl_for(cli.netns.as_deref()),
             a.bridge
         );
@@ -179,7 +179,7 @@ pub fn report_failures(bridge: &str, changes: &Changes) {
 pub async fn run(cli: &Cli, a: &AttachArgs) -> Result<ExitCode> {
     let found = discover(&a.bridge).await?;
     let (guard, changes) = attach_with(cli, a, &found)?;
-    let view = output::status_of(&guard.loc, Some(&guard.state), Some(&found)).await;
+    let view = output::status_of(guard.loc(), Some(guard.state()), Some(&found)).await;
     if a.json {
         output::print_json(&output::Schema::new("attach", &view))?;
     } else {

@@ -299,9 +299,9 @@ pub async fn run(cli: &Cli, a: &RunArgs, metrics: Option<tiny_http::Server>) -> 
     let me = AgentRecord::current();
     modify_state(&loc, |s| s.agent = me).context("recording the agent in the state")?;
     if a.attach.json {
-        out.changes(&changes, &guard.state);
+        out.changes(&changes, guard.state());
     } else {
-        let view = output::status_of(&loc, Some(&guard.state), Some(&found)).await;
+        let view = output::status_of(&loc, Some(guard.state()), Some(&found)).await;
         print!("{}", output::describe(&view));
     }
     if let Some(server) = metrics {
@@ -411,7 +411,7 @@ async fn follow(
                 match reload(guard, a).await {
                     Ok(changes) => {
                         out.say("reloaded", "re-read the configuration".to_owned());
-                        out.changes(&changes, &guard.state);
+                        out.changes(&changes, guard.state());
                         false
                     }
                     Err(e) => {
@@ -464,7 +464,7 @@ async fn follow(
             }
         };
         match reconcile(guard, &found) {
-            Ok(changes) => out.changes(&changes, &guard.state),
+            Ok(changes) => out.changes(&changes, guard.state()),
             Err(GuardError::NotAttached(_)) => break Stop::Detached,
             Err(e) => out.emit(AgentEvent {
                 event: "failed",

@@ -39,7 +39,7 @@ use crate::error::{GuardError, Result};
 pub type RawMac = [u8; 6];
 
 /// A network interface.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Iface {
     pub index: u32,
     pub name: String,
@@ -114,7 +114,7 @@ pub struct HostRoute {
 }
 
 /// A snapshot of the bridge and the host.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Discovery {
     pub bridge: Iface,
     pub ports: Vec<Iface>,
@@ -419,6 +419,16 @@ pub fn fmt_mac(mac: &RawMac) -> String {
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (kept for callers of the raw octets; see [`Mac`]'s `FromStr`).
+///
+/// ```
+/// use guard::discovery::{fmt_mac, parse_mac};
+/// use guard_common::Mac;
+///
+/// let raw = parse_mac("52:54:00:AB:cd:01").unwrap();
+/// assert_eq!(Mac(raw), "52:54:00:ab:cd:01".parse::<Mac>().unwrap());
+/// assert_eq!(fmt_mac(&raw), Mac(raw).to_string());
+/// assert_eq!(parse_mac("52:54:00:ab:cd"), None);
+/// ```
 #[must_use]
 pub fn parse_mac(s: &str) -> Option<RawMac> {
     s.parse::<Mac>().ok().map(Mac::octets)

@@ -46,6 +46,23 @@ impl Policy {
     /// discovered set on purpose. The guest bridge's own networks are allowed where no other
     /// rule names the prefix (a protect of the bridge's own network is an operator's choice,
     /// and fails closed).
+    ///
+    /// ```
+    /// use guard::{discovery::Discovery, options::{Edits, Options}, policy::{Action, Policy, parse_protect}};
+    ///
+    /// // No discovery needed when the options name the protected set and do not ask for it.
+    /// let options = Options {
+    ///     protect: vec![parse_protect("10.20.0.0/24=storage", "cli")?],
+    ///     ..Options::default()
+    /// };
+    /// let mut edits = Edits::default();
+    /// edits.removed.push("10.20.0.0/24".parse()?);
+    /// let discovery = Discovery::default();
+    /// assert!(Policy::build(&options, &Edits::default(), &discovery)?.rules[0].action == Action::Deny);
+    /// // A live `rules del` takes it out again.
+    /// assert!(Policy::build(&options, &edits, &discovery)?.rules.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn build(options: &Options, edits: &Edits, discovery: &Discovery) -> Result<Self> {
         let explicit = Self::from_rules(options.protect.iter().chain(&options.allow).cloned())?;
         let mut by_net: BTreeMap<IpNet, RuleSpec> = BTreeMap::new();

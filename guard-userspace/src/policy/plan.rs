@@ -89,6 +89,26 @@ pub enum Op {
 ///
 /// Rule ids are kept for prefixes that stay (their hit counters keep counting) and new ones
 /// take the lowest free ids.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use guard::policy::{Classes, Op, Policy, parse_allow, parse_protect, plan};
+///
+/// let mut classes = Classes::default();
+/// let old = Policy::from_rules([parse_allow("10.1.0.0/16", "cli")?])?;
+/// let mut live = BTreeMap::new();
+/// for op in plan(&live, &old, &mut classes)? {
+///     if let Op::Upsert(net, value) = op {
+///         live.insert(net, value);
+///     }
+/// }
+/// // Swap the allow for a protected /8: the deny goes in before the allow comes out, so no
+/// // address the old and the new policy both drop passes in between.
+/// let new = Policy::from_rules([parse_protect("10.0.0.0/8=storage", "cli")?])?;
+/// let ops = plan(&live, &new, &mut classes)?;
+/// assert!(matches!(ops[..], [Op::Upsert(..), Op::Delete(..)]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn plan(
     current: &BTreeMap<IpNet, RuleValue>,
     desired: &Policy,

@@ -13,9 +13,12 @@ extern crate std;
 
 pub mod event;
 pub mod mac;
+pub mod mac_addr;
 #[cfg(feature = "std")]
 pub mod model;
 pub mod reason;
+
+pub use mac_addr::{Mac, ParseMacError};
 
 use core::mem::size_of;
 

@@ -39,10 +39,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    attach::Hook,
-    discovery::parse_mac,
-    policy::{Policy, RuleSpec, parse_allow, parse_net, parse_protect},
-    state::Options,
+    options::{Hook, Options},
+    policy::Policy,
+    rule::{RuleSpec, parse_allow, parse_net, parse_protect},
 };
 
 #[derive(Debug, Deserialize)]
@@ -221,7 +220,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         let mut extra_macs = Vec::new();
         for m in &b.extra_host_macs {
-            if parse_mac(m.get_ref()).is_none() {
+            if m.get_ref().parse::<guard_common::Mac>().is_err() {
                 return Err(at(
                     m.span().start,
                     format!("{:?} is not a MAC address", m.get_ref()),

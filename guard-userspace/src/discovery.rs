@@ -30,17 +30,21 @@ use netlink_packet_route::{
 use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::Serialize;
 
+use guard_common::Mac;
+
 use crate::error::{GuardError, Result};
 
-pub type Mac = [u8; 6];
+/// A MAC as netlink gives it. The fields below keep the raw octets (callers build these
+/// structs by hand); [`guard_common::Mac`] parses and prints them.
+pub type RawMac = [u8; 6];
 
 /// A network interface.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Iface {
     pub index: u32,
     pub name: String,
     #[serde(serialize_with = "ser_mac_opt")]
-    pub mac: Option<Mac>,
+    pub mac: Option<RawMac>,
     /// The bridge (or other controller) it is enslaved to.
     pub controller: Option<u32>,
     pub is_bridge: bool,
@@ -110,13 +114,13 @@ pub struct HostRoute {
 }
 
 /// A snapshot of the bridge and the host.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Discovery {
     pub bridge: Iface,
     pub ports: Vec<Iface>,
     /// Each MAC once, with the first reason found (bridge, FDB, interface).
     #[serde(serialize_with = "ser_mac_map")]
-    pub host_macs: BTreeMap<Mac, MacSource>,
+    pub host_macs: BTreeMap<RawMac, MacSource>,
     /// Every address on every interface (the bridge and loopback included: the policy
     /// decides what to protect).
     pub addrs: Vec<HostAddr>,
@@ -188,7 +192,7 @@ fn iface_of(msg: &LinkMessage) -> Iface {
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => iface.name.clone_from(n),
-            LinkAttribute::Address(a) => iface.mac = <Mac>::try_from(a.as_slice()).ok(),
+            LinkAttribute::Address(a) => iface.mac = <RawMac>::try_from(a.as_slice()).ok(),
             LinkAttribute::Controller(c) => iface.controller = Some(*c),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
@@ -256,7 +260,7 @@ fn host_addr_of(msg: &AddressMessage, name_of: &BTreeMap<u32, &str>) -> Option<H
 }
 
 /// The bridge's permanent (local) FDB entries: `(mac, port ifindex)`.
-pub async fn local_fdb(handle: &Handle, bridge: u32) -> Result<Vec<(Mac, u32)>> {
+pub async fn local_fdb(handle: &Handle, bridge: u32) -> Result<Vec<(RawMac, u32)>> {
     let mut out = Vec::new();
     let mut stream = handle
         .neighbours()
@@ -273,7 +277,9 @@ pub async fn local_fdb(handle: &Handle, bridge: u32) -> Result<Vec<(Mac, u32)>> 
         let mut controller = None;
         for attr in &msg.attributes {
             match attr {
-                NeighbourAttribute::LinkLayerAddress(a) => mac = <Mac>::try_from(a.as_slice()).ok(),
+                NeighbourAttribute::LinkLayerAddress(a) => {
+                    mac = <RawMac>::try_from(a.as_slice()).ok();
+                }
                 NeighbourAttribute::Controller(c) => controller = Some(*c),
                 _ => {}
             }
@@ -406,23 +412,26 @@ pub async fn discover(handle: &Handle, bridge: &str) -> Result<Discovery> {
     })
 }
 
+/// `aa:bb:cc:dd:ee:ff` (kept for callers of the raw octets; see [`Mac`]'s `Display`).
 #[must_use]
-pub fn fmt_mac(mac: &Mac) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
-    )
+pub fn fmt_mac(mac: &RawMac) -> String {
+    Mac(*mac).to_string()
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses `aa:bb:cc:dd:ee:ff` (kept for callers of the raw octets; see [`Mac`]'s `FromStr`).
+///
+/// ```
+/// use guard::discovery::{fmt_mac, parse_mac};
+/// use guard_common::Mac;
+///
+/// let raw = parse_mac("52:54:00:AB:cd:01").unwrap();
+/// assert_eq!(Mac(raw), "52:54:00:ab:cd:01".parse::<Mac>().unwrap());
+/// assert_eq!(fmt_mac(&raw), Mac(raw).to_string());
+/// assert_eq!(parse_mac("52:54:00:ab:cd"), None);
+/// ```
 #[must_use]
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+pub fn parse_mac(s: &str) -> Option<RawMac> {
+    s.parse::<Mac>().ok().map(Mac::octets)
 }
 
 #[expect(
@@ -430,21 +439,21 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
     clippy::trivially_copy_pass_by_ref,
     reason = "serde's serialize_with passes a reference"
 )]
-fn ser_mac_opt<S: serde::Serializer>(mac: &Option<Mac>, s: S) -> Result<S::Ok, S::Error> {
+fn ser_mac_opt<S: serde::Serializer>(mac: &Option<RawMac>, s: S) -> Result<S::Ok, S::Error> {
     match mac {
-        Some(m) => s.serialize_str(&fmt_mac(m)),
+        Some(m) => s.collect_str(&Mac(*m)),
         None => s.serialize_none(),
     }
 }
 
 fn ser_mac_map<S: serde::Serializer>(
-    macs: &BTreeMap<Mac, MacSource>,
+    macs: &BTreeMap<RawMac, MacSource>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap as _;
     let mut m = s.serialize_map(Some(macs.len()))?;
     for (mac, src) in macs {
-        m.serialize_entry(&fmt_mac(mac), &src.to_string())?;
+        m.serialize_entry(&Mac(*mac).to_string(), &src.to_string())?;
     }
     m.end()
 }
@@ -454,7 +463,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mac_round_trip() {
+    fn mac_round_trip_through_the_raw_wrappers() {
         let m = parse_mac("52:54:00:ab:CD:01").expect("valid");
         assert_eq!(fmt_mac(&m), "52:54:00:ab:cd:01");
         assert!(parse_mac("52:54:00:ab:cd").is_none());

@@ -99,7 +99,7 @@ pub enum GuardError {
     #[error("the bridge was attached without a configuration file: name one with --config FILE")]
     NoConfigFile,
     #[error(transparent)]
-    Prefix(#[from] crate::policy::PrefixError),
+    Prefix(#[from] crate::rule::PrefixError),
 }
 
 pub type Result<T, E = GuardError> = std::result::Result<T, E>;
@@ -117,4 +117,22 @@ impl GuardError {
             source: Box::new(source),
         }
     }
+}
+
+/// An error and its sources on one line, without the repetition some of aya's errors have
+/// (a syscall error's message already ends with its `io::Error`, which is also its source).
+#[must_use]
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        match parts.last_mut() {
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            Some(last) if last.contains(&text) => {}
+            _ => parts.push(text),
+        }
+        src = inner.source();
+    }
+    parts.join(": ")
 }

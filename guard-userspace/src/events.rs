@@ -194,7 +194,7 @@ pub struct EventView {
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    crate::discovery::fmt_mac(&m)
+    guard_common::Mac(m).to_string()
 }
 
 fn ip_of(version: u8, a: [u8; 16]) -> Option<IpAddr> {

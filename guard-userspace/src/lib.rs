@@ -13,11 +13,14 @@ pub mod layout;
 pub mod maps;
 pub mod metrics;
 pub mod netns;
+pub mod options;
 pub mod pcap;
 pub mod pins;
 pub mod policy;
+pub mod rule;
 pub mod state;
 pub mod stats;
+pub(crate) mod sys;
 
 pub use error::{GuardError, Result};
 

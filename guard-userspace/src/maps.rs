@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
 use guard_common::{
-    Counter, GlobalConfig, MAX_PORT_SLOTS, PORT_TABLE_SIZE, PortConfig, PortSet, REASON_SLOTS,
+    Counter, GlobalConfig, MAX_PORT_SLOTS, Mac, PORT_TABLE_SIZE, PortConfig, PortSet, REASON_SLOTS,
     RuleValue, counter_index,
     event::{EventReader, EventStats},
     mac::{InsertError, MAC_TABLE_MAX_ENTRIES, MacTable},
@@ -20,7 +20,6 @@ use guard_common::{
 use ipnet::IpNet;
 
 use crate::{
-    discovery::Mac,
     error::{GuardError, Result},
     pins::Location,
     policy::{Classes, Op, Policy, plan},
@@ -200,18 +199,18 @@ impl GuardMaps {
             return Err(GuardError::MacTableFull(MAC_TABLE_MAX_ENTRIES));
         }
         let mut table = Box::new(self.mac_table()?);
-        let present: BTreeSet<Mac> = table.macs().collect();
+        let present: BTreeSet<Mac> = table.macs().map(Mac).collect();
         if &present == macs {
             return Ok(());
         }
         // Insert first: a MAC that moves is never absent.
         for mac in macs.difference(&present) {
             table
-                .insert(*mac)
+                .insert(mac.octets())
                 .map_err(|InsertError::Full| GuardError::MacTableFull(MAC_TABLE_MAX_ENTRIES))?;
         }
         for mac in present.difference(macs) {
-            table.remove(*mac);
+            table.remove(mac.octets());
         }
         self.mac_table
             .set(0, *table, 0)

@@ -11,57 +11,16 @@
 //! a configured or discovered rule for the same prefix (it was refused at the time it was made
 //! if it contradicted one, unless `--replace` said so).
 
-use std::{collections::BTreeMap, fs, io, path::PathBuf};
+use std::{collections::BTreeMap, fs, io};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::options::{Edits, HookMode, Options};
 use crate::{
     error::{GuardError, Result},
     pins::Location,
-    policy::{Classes, Policy, RuleSpec},
+    policy::{Classes, Policy},
 };
-
-/// How a port is hooked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HookMode {
-    /// XDP in the driver.
-    XdpNative,
-    /// XDP in the core (`XDP_FLAGS_SKB_MODE`): works on any device.
-    XdpGeneric,
-    /// TC ingress through a TCX link (kernel 6.6+).
-    Tcx,
-    /// TC ingress through a `cls_bpf` filter on the clsact qdisc (any kernel).
-    Tc,
-}
-
-impl HookMode {
-    /// The name used in link pins (`link_<pin_name>_<ifindex>`).
-    #[must_use]
-    pub const fn pin_name(self) -> &'static str {
-        match self {
-            Self::XdpNative | Self::XdpGeneric => "xdp",
-            Self::Tcx => "tcx",
-            Self::Tc => "tc",
-        }
-    }
-
-    #[must_use]
-    pub const fn is_xdp(self) -> bool {
-        matches!(self, Self::XdpNative | Self::XdpGeneric)
-    }
-}
-
-impl std::fmt::Display for HookMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(match self {
-            Self::XdpNative => "xdp-native",
-            Self::XdpGeneric => "xdp-generic",
-            Self::Tcx => "tcx",
-            Self::Tc => "tc",
-        })
-    }
-}
 
 /// One hooked interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,112 +35,6 @@ pub struct PortState {
     /// The bridge device itself (`--bridge-hook`), not a port.
     #[serde(default)]
     pub is_bridge: bool,
-}
-
-/// The options an attach was made with (re-applied by the agent, re-read on SIGHUP).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Options {
-    /// Requested hook: `xdp`, `xdp-generic`, `tc` or `tcx`.
-    pub hook: String,
-    /// The backstop on the bridge device's own TC ingress (on unless turned off).
-    #[serde(default = "yes")]
-    pub bridge_hook: bool,
-    /// Judge what no prefix rule decides by the kernel's route lookup (on unless turned off).
-    #[serde(default = "yes")]
-    pub route_check: bool,
-    /// Let tunnel encapsulations addressed to the host through.
-    #[serde(default)]
-    pub allow_tunnels: bool,
-    /// UDP ports of tunnels, on top of the defaults and the tunnel devices discovered.
-    #[serde(default)]
-    pub tunnel_ports: Vec<u16>,
-    /// Interfaces guests may be routed out of besides the bridge; empty: those that carry a
-    /// default route (discovered).
-    #[serde(default)]
-    pub uplinks: Vec<String>,
-    pub monitor: bool,
-    pub strict_mac: bool,
-    /// Protected prefixes as given (empty: the default protected set, re-discovered).
-    pub protect: Vec<RuleSpec>,
-    pub allow: Vec<RuleSpec>,
-    /// Protect the discovered set (every network and address the host holds outside the
-    /// bridge) as well; `None`: only when `protect` is empty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discover: Option<bool>,
-    /// Prefixes taken out of the discovered set.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exclude: Vec<ipnet::IpNet>,
-    /// Only read, from state files of earlier versions, which kept the live edits here:
-    /// [`State::load`] moves them into [`State::edits`]. Always empty otherwise.
-    #[serde(default, skip_serializing)]
-    pub added: Vec<RuleSpec>,
-    /// Like `added`.
-    #[serde(default, skip_serializing)]
-    pub removed: Vec<ipnet::IpNet>,
-    /// MACs added to the discovered host set.
-    pub extra_macs: Vec<String>,
-    /// Ports in monitor mode while the rest enforce.
-    pub monitor_ports: Vec<String>,
-    /// Most drop events per second per port; `None` is the default
-    /// (`guard_common::event::DEFAULT_EVENT_RATE`), 0 turns events off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_rate: Option<u32>,
-    pub config_file: Option<PathBuf>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            hook: "xdp".to_owned(),
-            bridge_hook: true,
-            route_check: true,
-            allow_tunnels: false,
-            tunnel_ports: Vec::new(),
-            uplinks: Vec::new(),
-            monitor: false,
-            strict_mac: false,
-            protect: Vec::new(),
-            allow: Vec::new(),
-            discover: None,
-            exclude: Vec::new(),
-            added: Vec::new(),
-            removed: Vec::new(),
-            extra_macs: Vec::new(),
-            monitor_ports: Vec::new(),
-            event_rate: None,
-            config_file: None,
-        }
-    }
-}
-
-const fn yes() -> bool {
-    true
-}
-
-impl Options {
-    /// Does the policy include the discovered set?
-    #[must_use]
-    pub fn discovers(&self) -> bool {
-        self.discover.unwrap_or(self.protect.is_empty())
-    }
-}
-
-/// Live changes to the policy (`guardctl rules`), on top of the options and the discovered set.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Edits {
-    /// Rules added (with their class and source); each replaces any other rule for its prefix.
-    #[serde(default)]
-    pub added: Vec<RuleSpec>,
-    /// Prefixes removed, also from the configured and the discovered set.
-    #[serde(default)]
-    pub removed: Vec<ipnet::IpNet>,
-}
-
-impl Edits {
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty()
-    }
 }
 
 /// The `guardctl run` process following a bridge. The start time tells a live agent from a

@@ -5,12 +5,13 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use guard::{
-    attach::{Changes, Guard, Hook, embedded_object},
+    attach::{Changes, Guard, embedded_object},
     config,
     discovery::{self, Discovery},
-    policy::{Action, RuleArg, parse_net},
-    state::Options,
+    options::{Hook, Options},
+    rule::{Action, RuleArg, parse_net},
 };
+use guard_common::Mac;
 use ipnet::IpNet;
 
 use crate::{Cli, exit, output};
@@ -85,9 +86,9 @@ pub struct AttachArgs {
 
 /// `--host-mac`: a MAC is validated like any other argument (a usage error).
 fn parse_mac_arg(s: &str) -> Result<String, String> {
-    discovery::parse_mac(s)
-        .map(|m| discovery::fmt_mac(&m))
-        .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
+    s.parse::<Mac>()
+        .map(|m| m.to_string())
+        .map_err(|_| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
 }
 
 /// The options for an attach: the configuration file's entry for the bridge, if any, with
@@ -152,12 +153,12 @@ pub fn attach_with(cli: &Cli, a: &AttachArgs, found: &Discovery) -> Result<(Guar
         }
     }
     report_failures(&a.bridge, &changes);
-    if !guard.state.edits.is_empty() {
+    if !guard.state().edits.is_empty() {
         eprintln!(
             "guardctl: {}: {} live rule edit(s) kept (`{} rules list {}`; `rules reset` \
              drops them, `rules save` writes them to the configuration file)",
             a.bridge,
-            guard.state.edits.added.len() + guard.state.edits.removed.len(),
+            guard.state().edits.added.len() + guard.state().edits.removed.len(),
             output::guardctl_for(cli.netns.as_deref()),
             a.bridge
         );
@@ -178,7 +179,7 @@ pub fn report_failures(bridge: &str, changes: &Changes) {
 pub async fn run(cli: &Cli, a: &AttachArgs) -> Result<ExitCode> {
     let found = discover(&a.bridge).await?;
     let (guard, changes) = attach_with(cli, a, &found)?;
-    let view = output::status_of(&guard.loc, Some(&guard.state), Some(&found)).await;
+    let view = output::status_of(guard.loc(), Some(guard.state()), Some(&found)).await;
     if a.json {
         output::print_json(&output::Schema::new("attach", &view))?;
     } else {

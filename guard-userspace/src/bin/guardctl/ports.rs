@@ -23,7 +23,7 @@ pub async fn labels(state: &State) -> Result<BTreeMap<u32, PortLabel>> {
                 .iter()
                 .find(|l| l.index == *ifindex)
                 .and_then(|l| l.mac.as_ref())
-                .map(discovery::fmt_mac);
+                .map(|m| guard_common::Mac(*m).to_string());
             (*ifindex, p.name.clone(), mac)
         }),
         &taps,

@@ -205,13 +205,13 @@ async fn change(
     let found = discover(bridge).await?;
     let mut g = Guard::adopt(&loc, embedded_object())
         .with_context(|| format!("opening bridge {bridge:?}"))?;
-    let before = g.state.policy.clone();
+    let before = g.state().policy.clone();
     let changes = g
         .update(&found, edit)
         .with_context(|| format!("changing the policy of {bridge:?}"))?;
     crate::attach::report_failures(bridge, &changes);
     let added = g
-        .state
+        .state()
         .policy
         .rules
         .iter()
@@ -220,7 +220,7 @@ async fn change(
     let removed = before
         .rules
         .iter()
-        .filter(|r| !g.state.policy.rules.contains(r))
+        .filter(|r| !g.state().policy.rules.contains(r))
         .count();
     println!(
         "guard: {bridge}: {added} prefix(es) added, {removed} removed ({} map writes); \
@@ -252,7 +252,7 @@ async fn save(cli: &Cli, bridge: &str, config: Option<&PathBuf>) -> Result<ExitC
         o.config_file = Some(path.clone());
         guard::config::save_bridge(&path, bridge, &o)?;
         s.options = o;
-        s.edits = guard::state::Edits::default();
+        s.edits = guard::options::Edits::default();
         written = Some(path);
         Ok(())
     })?;

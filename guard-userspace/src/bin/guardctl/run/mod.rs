@@ -11,16 +11,15 @@
 //! hook) is reported and the others still apply.
 //!
 //! Latency: events are filtered by content (a learned FDB entry, which a busy bridge makes
-//! hundreds of per second, is irrelevant), and a reconcile starts [`SETTLE`] after the last
-//! relevant event of a burst, at most [`MAX_DELAY`] after its first, however much else
+//! hundreds of per second, is irrelevant), and a reconcile starts [`SETTLE`](netlink::SETTLE) after the last
+//! relevant event of a burst, at most [`MAX_DELAY`](netlink::MAX_DELAY) after its first, however much else
 //! arrives. SIGTERM and SIGINT end the agent and leave enforcement pinned; SIGHUP re-reads
 //! the configuration file; a detach (which marks the state, then sends SIGTERM) ends it too.
 
-use std::{
-    net::SocketAddr,
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+mod netlink;
+mod out;
+
+use std::{net::SocketAddr, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -31,15 +30,12 @@ use guard::{
     discovery::{self, Discovery},
     state::{AgentRecord, State},
 };
-use netlink_packet_route::{
-    AddressFamily, RouteNetlinkMessage,
-    neighbour::{NeighbourMessage, NeighbourState},
-};
-use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-use rtnetlink::sys::AsyncSocket as _;
-use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
+use self::{
+    netlink::{Events, Pending, RESYNC, relevant, subscribe},
+    out::{AgentEvent, Out},
+};
 use crate::{Cli, attach::AttachArgs, output};
 
 #[derive(Args)]
@@ -52,25 +48,6 @@ pub struct RunArgs {
     pub metrics: Option<SocketAddr>,
 }
 
-// rtnetlink multicast groups (linux/rtnetlink.h).
-const RTNLGRP_LINK: u32 = 1;
-const RTNLGRP_NEIGH: u32 = 3;
-const RTNLGRP_IPV4_IFADDR: u32 = 5;
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
-const RTNLGRP_IPV6_IFADDR: u32 = 9;
-const RTNLGRP_IPV6_ROUTE: u32 = 11;
-
-/// Quiet time after a relevant event before the reconcile (a VM start brings a link, its
-/// enslavement and its local FDB entry within a few milliseconds).
-const SETTLE: Duration = Duration::from_millis(5);
-/// The longest a burst of relevant events may delay a reconcile.
-const MAX_DELAY: Duration = Duration::from_millis(20);
-/// A reconcile without any event, as a safety net (a detach that could not signal the
-/// agent, an overrun the kernel did not report).
-const RESYNC: Duration = Duration::from_secs(30);
-/// The socket's receive buffer: room for a burst of FDB learning between two reads.
-const RX_BUFFER: usize = 4 << 20;
-
 /// Binds the metrics listener (before `--netns` is entered, so the address is the host's).
 pub fn bind_metrics(a: &RunArgs) -> Result<Option<tiny_http::Server>> {
     a.metrics
@@ -80,188 +57,6 @@ pub fn bind_metrics(a: &RunArgs) -> Result<Option<tiny_http::Server>> {
                 .with_context(|| format!("serving metrics on {addr}"))
         })
         .transpose()
-}
-
-/// One line of `run --json` (`guardctl.run.v1`).
-#[derive(Serialize, Default)]
-struct AgentEvent<'a> {
-    schema: String,
-    /// `waiting`, `attached`, `hooked`, `released`, `macs`, `policy`, `failed`, `reloaded`,
-    /// `bridge-gone`, `detached`, `exiting`.
-    event: &'a str,
-    bridge: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hook: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fallback: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    item: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    /// Still protected (on `exiting`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    protected: Option<bool>,
-    /// The text line.
-    message: String,
-}
-
-/// Prints agent events as text lines, or as JSON lines with `--json`.
-struct Out<'a> {
-    json: bool,
-    bridge: &'a str,
-}
-
-impl<'a> Out<'a> {
-    fn emit(&self, mut ev: AgentEvent<'a>) {
-        ev.bridge = self.bridge;
-        if self.json {
-            ev.schema = output::schema_name("run");
-            match serde_json::to_string(&ev) {
-                Ok(s) => println!("{s}"),
-                Err(e) => eprintln!("guardctl: serialising an event: {e}"),
-            }
-        } else {
-            // One stream, in order, failures included: it is the agent's log.
-            println!("guard: {}", ev.message);
-        }
-    }
-
-    fn say(&self, event: &'a str, message: String) {
-        self.emit(AgentEvent {
-            event,
-            message,
-            ..AgentEvent::default()
-        });
-    }
-
-    fn changes(&self, changes: &'a Changes, state: &State) {
-        let b = self.bridge;
-        for (port, mode, fallback) in &changes.hooked {
-            let fb = fallback
-                .as_deref()
-                .map_or(String::new(), |f| format!(" ({f})"));
-            self.emit(AgentEvent {
-                event: "hooked",
-                port: Some(port),
-                hook: Some(mode.to_string()),
-                fallback: fallback.as_deref(),
-                message: format!("{b}: hooked {port} ({mode}){fb}"),
-                ..AgentEvent::default()
-            });
-        }
-        for port in &changes.unhooked {
-            self.emit(AgentEvent {
-                event: "released",
-                port: Some(port),
-                message: format!("{b}: released {port}"),
-                ..AgentEvent::default()
-            });
-        }
-        if changes.macs_changed {
-            self.say(
-                "macs",
-                format!("{b}: host MAC set updated ({} MACs)", state.host_macs.len()),
-            );
-        }
-        if changes.rule_writes > 0 {
-            self.say(
-                "policy",
-                format!("{b}: policy updated ({} map writes)", changes.rule_writes),
-            );
-        }
-        for (item, e) in &changes.failures {
-            self.emit(AgentEvent {
-                event: "failed",
-                item: Some(item.to_string()),
-                error: Some(error_chain(e)),
-                message: format!("{b}: {item} not applied: {}", error_chain(e)),
-                ..AgentEvent::default()
-            });
-        }
-    }
-}
-
-/// The rtnetlink event stream.
-type Events = futures::channel::mpsc::UnboundedReceiver<(
-    NetlinkMessage<RouteNetlinkMessage>,
-    rtnetlink::sys::SocketAddr,
-)>;
-
-/// Opens the event socket, subscribed to every group guard follows, and a request handle.
-fn subscribe() -> Result<(rtnetlink::Handle, Events)> {
-    let (mut conn, handle, events) =
-        rtnetlink::new_connection().context("opening the rtnetlink event socket")?;
-    let sock = conn.socket_mut().socket_mut();
-    // Bind first: an unbound netlink socket has port id 0, and the kernel skips a listener
-    // whose port id equals the notification's (netlink.c do_one_broadcast(): `nlk->portid ==
-    // p->portid`), which is 0 for every notification not echoed to a requester, that is for
-    // every `ip link set ... master` of another process. Unbound, the agent heard nothing.
-    sock.bind_auto()
-        .context("binding the rtnetlink event socket")?;
-    // Best effort: a larger buffer only makes an overrun (then a full resync) rarer.
-    let _ = sock.set_rx_buf_sz(RX_BUFFER);
-    for group in [
-        RTNLGRP_LINK,
-        RTNLGRP_NEIGH,
-        RTNLGRP_IPV4_IFADDR,
-        RTNLGRP_IPV6_IFADDR,
-        RTNLGRP_IPV4_ROUTE,
-        RTNLGRP_IPV6_ROUTE,
-    ] {
-        sock.add_membership(group)
-            .with_context(|| format!("joining rtnetlink group {group}"))?;
-    }
-    tokio::spawn(conn);
-    Ok((handle, events))
-}
-
-/// Does this notification change anything guard derives from the kernel? Links (ports,
-/// MACs), addresses and routes do; of the neighbour group only the bridge's permanent (local)
-/// FDB entries, which are host MACs. Learned FDB entries, ARP and NDP entries do not. An
-/// overrun (the kernel dropped notifications) does: only a full reconcile can catch up.
-fn relevant(msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
-    match &msg.payload {
-        NetlinkPayload::InnerMessage(m) => match m {
-            RouteNetlinkMessage::NewLink(_)
-            | RouteNetlinkMessage::DelLink(_)
-            | RouteNetlinkMessage::SetLink(_)
-            | RouteNetlinkMessage::NewAddress(_)
-            | RouteNetlinkMessage::DelAddress(_)
-            | RouteNetlinkMessage::NewRoute(_)
-            | RouteNetlinkMessage::DelRoute(_) => true,
-            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
-                local_fdb(n)
-            }
-            _ => false,
-        },
-        NetlinkPayload::Overrun(_) => true,
-        _ => false,
-    }
-}
-
-fn local_fdb(n: &NeighbourMessage) -> bool {
-    n.header.family == AddressFamily::Bridge && n.header.state == NeighbourState::Permanent
-}
-
-/// When the pending reconcile is due: `SETTLE` after the last relevant event, at most
-/// `MAX_DELAY` after the first.
-#[derive(Default)]
-struct Pending {
-    first: Option<Instant>,
-    last: Option<Instant>,
-}
-
-impl Pending {
-    fn note(&mut self, now: Instant) {
-        self.first.get_or_insert(now);
-        self.last = Some(now);
-    }
-
-    fn due(&self) -> Option<Instant> {
-        Some((self.last? + SETTLE).min(self.first? + MAX_DELAY))
-    }
 }
 
 /// Why the agent stops.
@@ -299,9 +94,9 @@ pub async fn run(cli: &Cli, a: &RunArgs, metrics: Option<tiny_http::Server>) -> 
     let me = AgentRecord::current();
     modify_state(&loc, |s| s.agent = me).context("recording the agent in the state")?;
     if a.attach.json {
-        out.changes(&changes, &guard.state);
+        out.changes(&changes, guard.state());
     } else {
-        let view = output::status_of(&loc, Some(&guard.state), Some(&found)).await;
+        let view = output::status_of(&loc, Some(guard.state()), Some(&found)).await;
         print!("{}", output::describe(&view));
     }
     if let Some(server) = metrics {
@@ -411,7 +206,7 @@ async fn follow(
                 match reload(guard, a).await {
                     Ok(changes) => {
                         out.say("reloaded", "re-read the configuration".to_owned());
-                        out.changes(&changes, &guard.state);
+                        out.changes(&changes, guard.state());
                         false
                     }
                     Err(e) => {
@@ -464,7 +259,7 @@ async fn follow(
             }
         };
         match reconcile(guard, &found) {
-            Ok(changes) => out.changes(&changes, &guard.state),
+            Ok(changes) => out.changes(&changes, guard.state()),
             Err(GuardError::NotAttached(_)) => break Stop::Detached,
             Err(e) => out.emit(AgentEvent {
                 event: "failed",
@@ -575,77 +370,4 @@ async fn exit(
         ..AgentEvent::default()
     });
     ExitCode::SUCCESS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rtnetlink::packet_route::{
-        address::AddressMessage, link::LinkMessage, route::RouteMessage,
-    };
-
-    fn msg(m: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
-        NetlinkMessage::from(m)
-    }
-
-    fn neigh(family: AddressFamily, state: NeighbourState) -> NeighbourMessage {
-        let mut n = NeighbourMessage::default();
-        n.header.family = family;
-        n.header.state = state;
-        n
-    }
-
-    #[test]
-    fn only_events_guard_derives_from_are_relevant() {
-        let fdb = |state| {
-            msg(RouteNetlinkMessage::NewNeighbour(neigh(
-                AddressFamily::Bridge,
-                state,
-            )))
-        };
-        // A learned FDB entry (what a busy bridge makes hundreds of per second): irrelevant.
-        assert!(!relevant(&fdb(NeighbourState::Reachable)));
-        assert!(!relevant(&fdb(NeighbourState::Stale)));
-        // A local (permanent) FDB entry is a host MAC.
-        assert!(relevant(&fdb(NeighbourState::Permanent)));
-        assert!(relevant(&msg(RouteNetlinkMessage::DelNeighbour(neigh(
-            AddressFamily::Bridge,
-            NeighbourState::Permanent
-        )))));
-        // ARP and NDP entries: irrelevant.
-        assert!(!relevant(&msg(RouteNetlinkMessage::NewNeighbour(neigh(
-            AddressFamily::Inet,
-            NeighbourState::Permanent
-        )))));
-        for m in [
-            RouteNetlinkMessage::NewLink(LinkMessage::default()),
-            RouteNetlinkMessage::DelLink(LinkMessage::default()),
-            RouteNetlinkMessage::NewAddress(AddressMessage::default()),
-            RouteNetlinkMessage::DelAddress(AddressMessage::default()),
-            RouteNetlinkMessage::NewRoute(RouteMessage::default()),
-            RouteNetlinkMessage::DelRoute(RouteMessage::default()),
-        ] {
-            assert!(relevant(&msg(m.clone())), "{m:?}");
-        }
-        let overrun: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::new(
-            rtnetlink::packet_core::NetlinkHeader::default(),
-            NetlinkPayload::Overrun(Vec::new()),
-        );
-        assert!(relevant(&overrun), "an overrun needs a full reconcile");
-    }
-
-    #[test]
-    fn a_burst_is_bounded() {
-        let t0 = Instant::now();
-        let mut p = Pending::default();
-        assert!(p.due().is_none());
-        p.note(t0);
-        assert_eq!(p.due(), Some(t0 + SETTLE));
-        // Relevant events every 2 ms for a second: the reconcile is still due MAX_DELAY after
-        // the first.
-        for i in 1..500 {
-            p.note(t0 + Duration::from_millis(2 * i));
-        }
-        assert_eq!(p.due(), Some(t0 + MAX_DELAY));
-    }
 }

@@ -1,7 +1,7 @@
 //! Human and JSON renderings shared by the verbs. Every JSON document (and every JSON line)
 //! carries a `schema` field, `guardctl.<verb>.v<N>`: docs/cli.md describes each shape.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
@@ -16,6 +16,10 @@ use guard::{
     state::{Failure, State},
 };
 use serde::Serialize;
+
+mod text;
+
+pub use self::text::describe;
 
 /// The version of every JSON shape guardctl prints; bump it for a verb whose shape changes
 /// incompatibly (a field removed or changing meaning; new fields are compatible).
@@ -346,140 +350,6 @@ fn aya_obj_xdp() -> aya_obj::programs::XdpAttachType {
     aya_obj::programs::XdpAttachType::Interface
 }
 
-/// The port table of [`describe`]: hook, mode, guarded and VM per port, and why a port is not
-/// guarded.
-fn port_lines(s: &mut String, v: &StatusView) {
-    if !v.ports.is_empty() {
-        let _ = writeln!(
-            s,
-            "  {:<16} {:<12} {:<8} {:<8} VM",
-            "PORT", "HOOK", "MODE", "GUARDED"
-        );
-    }
-    for p in &v.ports {
-        let name = if p.bridge_device {
-            format!("{} [bridge]", p.name)
-        } else {
-            p.name.clone()
-        };
-        let _ = writeln!(
-            s,
-            "  {name:<16} {:<12} {:<8} {:<8} {}",
-            p.hook.as_deref().unwrap_or("-"),
-            p.mode,
-            if p.guarded { "yes" } else { "NO" },
-            p.vm.as_deref().unwrap_or("-")
-        );
-        if let Some(f) = &p.fallback {
-            let _ = writeln!(s, "    fallback: {f}");
-        }
-        if let Some(f) = &p.failure {
-            let _ = writeln!(s, "    not hooked: {f}");
-        } else if !p.guarded && p.hook.is_none() && v.attached {
-            let gc = guardctl_for(v.netns.as_deref());
-            let _ = writeln!(
-                s,
-                "    not hooked: it joined after the attach and no agent hooked it \
-                 (`{gc} attach {b}` or `{gc} run {b}`)",
-                b = v.bridge
-            );
-        } else if !p.guarded && v.attached {
-            let _ = writeln!(s, "    no guard program on its hook in the kernel");
-        }
-    }
-}
-
-/// What judges beyond the prefix rules: the route check and its uplinks, tunnels.
-fn route_line(v: &StatusView) -> String {
-    let route = if v.route_check {
-        let up = if v.uplinks.is_empty() {
-            "none".to_owned()
-        } else {
-            v.uplinks.join(", ")
-        };
-        format!("route check on (uplinks: {up})")
-    } else {
-        "route check off (prefix rules only)".to_owned()
-    };
-    let tunnels = if v.allow_tunnels {
-        "tunnels allowed"
-    } else {
-        "tunnels to the host dropped"
-    };
-    format!("{route}, {tunnels}")
-}
-
-/// The human summary printed by `attach`, `run` and `status`.
-pub fn describe(v: &StatusView) -> String {
-    let mut s = String::new();
-    let ns = v
-        .netns
-        .as_deref()
-        .map_or(String::new(), |n| format!(" in netns {n}"));
-    // Two lines: namespace names can be long and the output must fit 80 columns.
-    let _ = writeln!(s, "guard: {}{ns}", v.bridge);
-    if v.attached {
-        let guarded = v.ports.iter().filter(|p| p.guarded).count();
-        let agent = v
-            .agent_pid
-            .map_or(String::new(), |p| format!(", agent pid {p}"));
-        let _ = writeln!(
-            s,
-            "  {} mode, {guarded} of {} port(s) guarded, hook {}, since {}{agent}",
-            v.mode,
-            v.ports.len(),
-            v.hook,
-            fmt_time(v.since)
-        );
-    } else {
-        let _ = writeln!(
-            s,
-            "  not attached: nothing guards its {} port(s)",
-            v.ports.len()
-        );
-    }
-    if v.attached {
-        let _ = writeln!(s, "  {}", route_line(v));
-    }
-    if v.detaching {
-        let _ = writeln!(s, "  being detached (or a detach was interrupted)");
-    }
-    port_lines(&mut s, v);
-    for f in v
-        .failures
-        .iter()
-        .filter(|f| !matches!(f.item, guard::state::Item::Port { .. }))
-    {
-        let _ = writeln!(s, "  {} not applied: {}", f.item, f.error);
-    }
-    if v.attached {
-        let _ = writeln!(s, "  protects {} prefix(es):", v.protected.len());
-        for r in &v.protected {
-            let _ = writeln!(s, "    {}", prefix_line(r));
-        }
-        if !v.allowed.is_empty() {
-            let _ = writeln!(s, "  allows {} prefix(es):", v.allowed.len());
-            for r in &v.allowed {
-                let _ = writeln!(s, "    {}", prefix_line(r));
-            }
-        }
-        if !v.removed.is_empty() {
-            let _ = writeln!(s, "  removed live: {}", v.removed.join(", "));
-        }
-        let _ = writeln!(s, "  host MACs: {}", v.host_macs.len());
-    }
-    let _ = writeln!(
-        s,
-        "  health: {} (exit {})",
-        serde_json::to_value(v.health)
-            .ok()
-            .and_then(|h| h.as_str().map(str::to_owned))
-            .unwrap_or_default(),
-        v.health.exit_code()
-    );
-    s
-}
-
 /// `guardctl`, with `--netns NS` when the bridge is in a named namespace: how hints name a
 /// command the operator can type as shown.
 #[must_use]
@@ -488,11 +358,6 @@ pub fn guardctl_for(netns: Option<&str>) -> String {
         || "guardctl".to_owned(),
         |n| format!("guardctl --netns {n}"),
     )
-}
-
-fn prefix_line(r: &PrefixView) -> String {
-    let live = if r.live { " (live)" } else { "" };
-    format!("{:<24} {:<12} {}{live}", r.prefix, r.class, r.source)
 }
 
 pub fn fmt_time(unix: u64) -> String {

@@ -1,32 +1,25 @@
 //! MAC addresses as the lab names and prints them: the one parser and formatter of the tests
-//! crate (the lab, the tests and `guard-vmcheck`). Frames are built with [`crate::packet`].
+//! crate (the lab, the tests and `guard-vmcheck`), over `guard_common::Mac`. Frames are built
+//! with [`crate::packet`].
 
 use anyhow::{Result, anyhow};
 
 /// An Ethernet MAC address.
 pub type Mac = [u8; 6];
 
-/// Formats a MAC the way `ip link` prints it.
+/// Formats a MAC the way `ip link` prints it (`guard_common::Mac`'s format).
 #[must_use]
 pub fn mac_to_string(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    guard_common::Mac::new(*mac).to_string()
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`, ignoring white space around it (a line of
-/// `/sys/class/net/*/address` ends in a newline).
+/// Parses `aa:bb:cc:dd:ee:ff` with `guard_common::Mac`, ignoring white space around it (a
+/// line of `/sys/class/net/*/address` ends in a newline).
 pub fn parse_mac(s: &str) -> Result<Mac> {
-    let parse = || {
-        let mut mac = [0u8; 6];
-        let mut parts = s.trim().split(':');
-        for byte in &mut mac {
-            *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-        }
-        parts.next().is_none().then_some(mac)
-    };
-    parse().ok_or_else(|| anyhow!("{s:?} is not a MAC address"))
+    s.trim()
+        .parse::<guard_common::Mac>()
+        .map(guard_common::Mac::octets)
+        .map_err(|e| anyhow!("{s:?}: {e}"))
 }
 
 #[cfg(test)]

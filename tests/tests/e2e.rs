@@ -26,7 +26,7 @@ use guard_tests::lab::{
     attack::{self, AttackCase, Attacker, FireOptions, Probe},
     check::{self, frac},
     guardctl::{Guardctl, PinScope, drop_reason_names},
-    harness::{assert_no_namespaces_left, require_root_and_guardctl, serial},
+    harness::{finish, require_root_and_guardctl, serial},
     legit,
 };
 
@@ -177,27 +177,18 @@ fn end_to_end(variant: Variant, hook: Option<&str>) {
             ));
         }
     }
-    t.push_str(&check::legit_table(
-        &legit_without,
-        &legit_with,
+    check::legit_report(
+        &mut t,
+        &mut problems,
+        (&legit_without, &legit_with),
         legit_drops,
-    ));
-    problems.extend(check::legit_problems(
-        &legit_without,
-        &legit_with,
-        legit_drops,
-    ));
+    );
     let _ = write!(
         t,
         "guardctl stats after the run:\n{stats_text}total {:.1?}\n",
         started.elapsed()
     );
-    eprintln!("{t}");
-
-    drop(pins);
-    lab.teardown().expect("tear the lab down");
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert_no_namespaces_left();
+    finish(&t, pins, lab, &problems);
 }
 
 #[test]

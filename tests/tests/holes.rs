@@ -40,7 +40,7 @@ use guard_tests::lab::{
     attack::{self, AttackCase, Attacker, FireOptions},
     check::{self, frac},
     guardctl::{Guardctl, PinScope},
-    harness::{assert_no_namespaces_left, require_root_and_guardctl, serial},
+    harness::{finish, require_root_and_guardctl, serial},
     holes, legit,
 };
 
@@ -235,16 +235,12 @@ fn holes_class(class: Class, hook: Option<&str>) {
             }
         }
     }
-    t.push_str(&check::legit_table(
-        &legit_without,
-        &legit_with,
+    check::legit_report(
+        &mut t,
+        &mut problems,
+        (&legit_without, &legit_with),
         legit_drops,
-    ));
-    problems.extend(check::legit_problems(
-        &legit_without,
-        &legit_with,
-        legit_drops,
-    ));
+    );
     let _ = writeln!(
         t,
         "{}: {leaked} of {sent} attack frames delivered with guard; {} legit flows; \
@@ -253,12 +249,7 @@ fn holes_class(class: Class, hook: Option<&str>) {
         legit_with.len(),
         started.elapsed()
     );
-    eprintln!("{t}");
-
-    drop(pins);
-    lab.teardown().expect("tear the lab down");
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert_no_namespaces_left();
+    finish(&t, pins, lab, &problems);
 }
 
 #[test]

@@ -31,7 +31,7 @@ use guard_tests::lab::{
     attack::{self, AttackCase, Attacker, DstMac, FireOptions},
     check::{self, frac},
     guardctl::{Agent, Guardctl, PinScope},
-    harness::{assert_no_namespaces_left, require_root_and_guardctl, serial},
+    harness::{finish, require_root_and_guardctl, serial},
     holes::{self, Change},
     stream::{MacChurn, Stream},
 };
@@ -182,12 +182,7 @@ fn changes_after_attach(hook: Option<&str>) {
         "class 4: {leaked} of {sent} attack frames delivered with guard; total {:.1?}",
         started.elapsed()
     );
-    eprintln!("{t}");
-
-    drop(pins);
-    lab.teardown().expect("tear the lab down");
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert_no_namespaces_left();
+    finish(&t, pins, lab, &problems);
 }
 
 #[test]
@@ -420,12 +415,7 @@ fn windows(hook: Option<&str>) {
         "MAC churn: {churned} frames from new source MACs; total {:.1?}",
         started.elapsed()
     );
-    eprintln!("{t}");
-
-    drop(pins);
-    lab.teardown().expect("tear the lab down");
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert_no_namespaces_left();
+    finish(&t, pins, lab, &problems);
 }
 
 #[test]

@@ -230,3 +230,15 @@ pub fn legit_table(without: &[CaseResult], with: &[CaseResult], drops: u64) -> S
     }
     t
 }
+
+/// The legit flows' table appended to `report`, and their problems to `problems`: what a
+/// scenario says about its legitimate traffic, without and with guard.
+pub fn legit_report(
+    report: &mut String,
+    problems: &mut Vec<String>,
+    (without, with): (&[CaseResult], &[CaseResult]),
+    drops: u64,
+) {
+    report.push_str(&legit_table(without, with, drops));
+    problems.extend(legit_problems(without, with, drops));
+}

@@ -3,7 +3,11 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{NAME_BASE, guardctl::Guardctl, install_signal_cleanup, namespaces_with_prefix};
+use super::{
+    Lab, NAME_BASE,
+    guardctl::{Guardctl, PinScope},
+    install_signal_cleanup, namespaces_with_prefix,
+};
 
 /// The tests of one test binary run one lab at a time, so that "no namespace of ours is left"
 /// can be asserted after each of them.
@@ -47,4 +51,17 @@ pub fn own_prefix() -> String {
 pub fn assert_no_namespaces_left() {
     let left = namespaces_with_prefix(&own_prefix()).expect("list /run/netns");
     assert!(left.is_empty(), "lab namespaces left behind: {left:?}");
+}
+
+/// Ends a lab scenario: prints its report, removes its pins and then the lab (also when checks
+/// failed: every problem was collected first), and fails with every problem found.
+///
+/// # Panics
+/// When `problems` is not empty, the lab cannot be torn down, or a namespace is left.
+pub fn finish(report: &str, pins: PinScope, lab: Lab, problems: &[String]) {
+    eprintln!("{report}");
+    drop(pins);
+    lab.teardown().expect("tear the lab down");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_no_namespaces_left();
 }

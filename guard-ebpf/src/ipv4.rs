@@ -35,12 +35,21 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
     if total < hlen || !f.has(o, total) {
         return Err(Malformed);
     }
+    // The options are walked before the prefix lookup, and their verdict is applied after it
+    // (a deny prefix still decides first, also over malformed options). Walked after the
+    // lookup, the walk's loop would be verified once for every way the verdict cache can
+    // answer, which takes Linux 6.1's verifier past its million instructions.
+    let walk = if hlen > Ipv4Hdr::LEN {
+        source_routed(f, o + Ipv4Hdr::LEN, hlen - Ipv4Hdr::LEN)
+    } else {
+        Ok(false)
+    };
     let dst = h.dst_addr;
     let rule = policy::v4(dst, cfg);
     if let Some(id) = rule.deny() {
         return Ok(Outcome::new(reason::DENY_IPV4, id));
     }
-    if hlen > Ipv4Hdr::LEN && source_routed(f, o + Ipv4Hdr::LEN, hlen - Ipv4Hdr::LEN)? {
+    if walk? {
         return Ok(Outcome::new(reason::DENY_SRCROUTE, 0));
     }
     // Limited broadcast and multicast: the kernel never forwards them, and delivers them only

@@ -216,7 +216,11 @@ pub const VERDICT_CACHE_SLOTS: u32 = 256;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerdictCacheEntry {
     pub seq: u32,
-    /// `generation << 2 | is_ipv6 << 1 | 1` (bit 0: filled).
+    /// `generation << 2 | is_ipv6 << 1 | 1` (bit 0: filled). The generation's top two bits are
+    /// shifted out: a slot that no frame rewrote while the policy changed 2^30 times could
+    /// answer again under the later generation with the same low bits (a bound, not a case:
+    /// every change is a map write from userspace, and any frame whose address hashes to
+    /// the slot rewrites it).
     pub tag: u32,
     /// The address, IPv4 in word 0 (the others zero).
     pub addr: [u32; 4],

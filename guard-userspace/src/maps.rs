@@ -244,8 +244,9 @@ impl GuardMaps {
             return Ok(());
         }
         let written = self.write_ops(ops);
-        self.bump_generation()?;
-        written
+        // The bump also after a failed write, and the write's error first.
+        let bumped = self.bump_generation();
+        written.and(bumped)
     }
 
     fn write_ops(&mut self, ops: &[Op]) -> Result<()> {

@@ -60,13 +60,16 @@ pub mod map_names {
     pub const EVENT_STATS: &str = "GUARD_EV_STATS";
     /// UDP destination ports of tunnels the host may decapsulate (`PortSet`, one entry).
     pub const TUNNEL_PORTS: &str = "GUARD_TUN_PORTS";
+    pub const EXCEPTIONS_V4: &str = "GUARD_EXC_V4";
+    pub const EXCEPTIONS_V6: &str = "GUARD_EXC_V6";
+    pub const FLOWS: &str = "GUARD_FLOWS";
     /// The per-CPU cache of prefix-trie answers (`VerdictCacheEntry`, by a hash of the
     /// address). Never pinned and never read by userspace: each load has its own, and an
     /// entry counts only for the [`GlobalConfig`](crate::GlobalConfig) generation it was
     /// filled in.
     pub const VERDICT_CACHE: &str = "GUARD_VCACHE";
     /// Every pinned map, in a fixed order (for pin management).
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         PORTS,
         MAC_TABLE,
@@ -79,6 +82,9 @@ pub mod map_names {
         EVENT_RATE,
         EVENT_STATS,
         TUNNEL_PORTS,
+        EXCEPTIONS_V4,
+        EXCEPTIONS_V6,
+        FLOWS,
     ];
 }
 
@@ -91,6 +97,8 @@ pub mod program_names {
     /// The backstop on the bridge device's own TC ingress: every frame there is host-bound,
     /// whatever its destination MAC, so it is judged without the host MAC table.
     pub const BRIDGE: &str = "guard_bridge";
+    /// The bridge device's TC egress: records flows the protected side starts toward guests.
+    pub const REPLY: &str = "guard_reply";
 }
 
 /// Verdicts, as the classifier reports them (the entry points map them to `XDP_*`/`TC_ACT_*`).
@@ -185,6 +193,11 @@ pub const GLOBAL_FLAG_FIB_SKIP_NEIGH: u32 = 8;
 /// Judge by prefix rules only: no `bpf_fib_lookup` (no `DENY_ROUTE`/`DENY_LOCAL`, and tunnel
 /// encapsulations are judged whatever their destination).
 pub const GLOBAL_FLAG_NO_ROUTE_CHECK: u32 = 16;
+/// Exceptions are installed (`GUARD_EXC_V4`/`V6` hold entries): an IP packet denied by a
+/// prefix or the route check is looked up there before it is dropped.
+pub const GLOBAL_FLAG_EXCEPTIONS: u32 = 32;
+/// Replies to flows the protected side started pass (`GUARD_FLOWS`, filled by `guard_reply`).
+pub const GLOBAL_FLAG_REPLIES: u32 = 64;
 
 /// The single entry of the global configuration array. All zero is the strictest reading:
 /// route check on, no tunnels, and (with no bridge ifindex) every route lookup fails, which
@@ -207,6 +220,74 @@ pub struct GlobalConfig {
 
 /// Slots of the per-CPU verdict cache (a power of two): 256 x 32 bytes per CPU.
 pub const VERDICT_CACHE_SLOTS: u32 = 256;
+
+/// Entries of each exception trie.
+pub const MAX_EXCEPTIONS: u32 = 4096;
+
+/// Scope of an exception that holds on every port (and on the bridge's backstop).
+pub const SCOPE_ALL: u32 = 0;
+
+/// Bits of an exception key before the address: scope, protocol, padding and port are always
+/// matched whole, the address by prefix.
+pub const EXCEPTION_FIXED_BITS: u32 = 64;
+
+/// The data of an IPv4 exception key: who (`scope`: the ingress ifindex, or [`SCOPE_ALL`]),
+/// what (`proto`, 0 for any; `dport` in network order, 0 for any) and where (`addr`, by
+/// prefix). The prefix length of a key is [`EXCEPTION_FIXED_BITS`] plus the address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Exception4 {
+    pub scope: u32,
+    pub proto: u8,
+    pub pad: u8,
+    pub dport: [u8; 2],
+    pub addr: [u8; 4],
+}
+
+/// The data of an IPv6 exception key (as [`Exception4`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Exception6 {
+    pub scope: u32,
+    pub proto: u8,
+    pub pad: u8,
+    pub dport: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Entries of the flow table of replies.
+pub const MAX_FLOWS: u32 = 1 << 16;
+
+/// A flow the protected side started toward a guest, keyed as the guest's reply sees it:
+/// `guest` sends from `guest_port` to `peer` at `peer_port`. ICMP echo: `guest_port` is the
+/// echo identifier, `peer_port` 0. IPv4 addresses in word 0 (the others zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub guest: [u32; 4],
+    pub peer: [u32; 4],
+    pub guest_port: u16,
+    pub peer_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+
+/// When a flow was last seen (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub seen_ns: u64,
+}
+
+/// How long a flow stays open without traffic: TCP (refreshed by every reply), UDP and ICMP
+/// echo (refreshed by the protected side's packets and by replies).
+pub const FLOW_IDLE_TCP_NS: u64 = 3_600_000_000_000;
+pub const FLOW_IDLE_UDP_NS: u64 = 180_000_000_000;
+pub const FLOW_IDLE_ICMP_NS: u64 = 30_000_000_000;
+/// The protected side's packets refresh a UDP or ICMP flow only when it is older than this
+/// (a lookup, not a write, per packet).
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
 /// One slot of the per-CPU verdict cache: the longest-prefix answer of one address.
 /// `seq` is a sequence count (odd while the slot is written), so a program run that nests on
@@ -295,6 +376,9 @@ const _: () = assert!(size_of::<PortConfig>() == 8);
 const _: () = assert!(size_of::<GlobalConfig>() == 16);
 const _: () = assert!(size_of::<PortSet>() == 8192);
 const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<Exception4>() == 12);
+const _: () = assert!(size_of::<Exception6>() == 24);
+const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(MAX_PORT_SLOTS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
 const _: () = assert!(reason::COUNT <= REASON_SLOTS);
 
@@ -309,6 +393,10 @@ mod pod {
     unsafe impl aya::Pod for super::GlobalConfig {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PortSet {}
+    unsafe impl aya::Pod for super::Exception4 {}
+    unsafe impl aya::Pod for super::Exception6 {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::mac::MacTable {}
     unsafe impl aya::Pod for super::event::DropEvent {}
     unsafe impl aya::Pod for super::event::EventReader {}

@@ -45,8 +45,13 @@ pub const MONITOR_ROUTE: u32 = 17;
 pub const MONITOR_LOCAL: u32 = 18;
 pub const MONITOR_TUNNEL: u32 = 19;
 pub const MONITOR_SRCROUTE: u32 = 20;
+/// Would be denied (a prefix or the route check), but an exception lets it through: an allow
+/// rule scoped to the port (or all) that matches the protocol and destination port.
+pub const EXCEPTION: u32 = 21;
+/// Would be denied, but it is a reply to a flow the protected side started (`GUARD_FLOWS`).
+pub const REPLY: u32 = 22;
 /// Number of codes in use.
-pub const COUNT: u32 = 21;
+pub const COUNT: u32 = 23;
 
 /// Distance from a drop reason of the first block (`DENY_IPV4..=MALFORMED`) to its twin.
 const MONITOR_OFFSET_1: u32 = MONITOR_IPV4 - DENY_IPV4;
@@ -55,7 +60,7 @@ const MONITOR_OFFSET_2: u32 = MONITOR_ROUTE - DENY_ROUTE;
 
 const _: () = assert!(MONITOR_MALFORMED == MALFORMED + MONITOR_OFFSET_1);
 const _: () = assert!(MONITOR_SRCROUTE == DENY_SRCROUTE + MONITOR_OFFSET_2);
-const _: () = assert!(COUNT == MONITOR_SRCROUTE + 1);
+const _: () = assert!(COUNT == REPLY + 1);
 
 /// Is `reason` one whose verdict is a drop (in enforce mode)?
 #[inline(always)]
@@ -108,6 +113,8 @@ pub const fn name(reason: u32) -> &'static str {
         MONITOR_LOCAL => "monitor_local",
         MONITOR_TUNNEL => "monitor_tunnel",
         MONITOR_SRCROUTE => "monitor_srcroute",
+        EXCEPTION => "exception",
+        REPLY => "reply",
         _ => "unknown",
     }
 }

@@ -18,11 +18,13 @@
 mod arp;
 mod eth;
 mod events;
+mod exception;
 mod frame;
 mod ipv4;
 mod ipv6;
 mod maps;
 mod policy;
+mod reply;
 mod route;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -59,7 +61,7 @@ impl Outcome {
     }
 }
 
-/// Steps 1-9 of docs/datapath.md. Every `Malformed` is turned into a drop here, never a pass.
+/// Steps 1-10 of docs/datapath.md. Every `Malformed` is turned into a drop here, never a pass.
 /// `ALL_HOST_BOUND`: the bridge device's hook, where every frame is host-bound (step 2 is
 /// skipped, so no host MAC that discovery missed can let a frame through).
 #[inline(always)]
@@ -88,12 +90,18 @@ fn try_classify<F: Frame, const ALL_HOST_BOUND: bool>(
     // Read once for the frame, and handed to `account` for the monitor flag.
     *cfg = Config::load();
     let (proto, off) = eth::skip_vlans(f, eth, f.tags_stripped())?;
-    match proto {
-        P_IPV4 => ipv4::classify(f, off, *cfg),
-        P_IPV6 => ipv6::classify(f, off, *cfg),
-        P_ARP => arp::classify(f, off, *cfg),
-        _ => Ok(Outcome::new(reason::HOST_PASS, 0)),
+    let outcome = match proto {
+        P_IPV4 => ipv4::classify(f, off, *cfg)?,
+        P_IPV6 => ipv6::classify(f, off, *cfg)?,
+        P_ARP => return arp::classify(f, off, *cfg),
+        _ => return Ok(Outcome::new(reason::HOST_PASS, 0)),
+    };
+    // Step 10: one place after every IP verdict, so its code is verified once per deny
+    // reason rather than once per path that reaches a deny.
+    if exception::may_lift(*cfg, outcome) {
+        return Ok(exception::lift(f, off, proto == P_IPV6, *cfg, outcome));
     }
+    Ok(outcome)
 }
 
 /// The single exit: applies monitor mode, bumps one counter slot (and the deny rule's hit
@@ -176,6 +184,28 @@ pub fn guard_tc(ctx: TcContext) -> i32 {
 )]
 pub fn guard_bridge(ctx: TcContext) -> i32 {
     tc_verdict::<true>(&ctx)
+}
+
+/// The bridge device's TC egress: records the flows the protected side starts toward guests
+/// (`reply.rs`). Always passes.
+#[classifier]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[classifier] macro's signature"
+)]
+pub fn guard_reply(ctx: TcContext) -> i32 {
+    // Ethernet, two tags, the longest IPv4 header and the TCP bytes `exception::read` needs.
+    const REPLY_PULL_BYTES: u32 = 128;
+    let want = if ctx.len() < REPLY_PULL_BYTES {
+        ctx.len()
+    } else {
+        REPLY_PULL_BYTES
+    };
+    if ctx.data_end().wrapping_sub(ctx.data()) < want as usize {
+        let _ = ctx.pull_data(want);
+    }
+    reply::record(&ctx);
+    TC_ACT_OK
 }
 
 #[inline(always)]

@@ -5,11 +5,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    Counter, GlobalConfig, MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE, PortConfig,
-    PortSet, REASON_SLOTS, RuleValue, VERDICT_CACHE_SLOTS, VerdictCacheEntry,
+    Counter, Exception4, Exception6, FlowKey, FlowValue, GlobalConfig, MAX_EXCEPTIONS, MAX_FLOWS,
+    MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE, PortConfig, PortSet, REASON_SLOTS,
+    RuleValue, VERDICT_CACHE_SLOTS, VerdictCacheEntry,
     event::{EVENT_RING_BYTES, EventReader, EventStats, EventWindow},
     mac::MacTable,
 };
@@ -71,3 +72,20 @@ pub static TUNNEL_PORTS: Array<PortSet> = Array::with_max_entries(1, 0);
 #[map(name = "GUARD_VCACHE")]
 pub static VERDICT_CACHE: PerCpuArray<VerdictCacheEntry> =
     PerCpuArray::with_max_entries(VERDICT_CACHE_SLOTS, 0);
+
+/// IPv4 exceptions: allow rules scoped to a port (or all) with a protocol and destination
+/// port (`guard_common::Exception4`), asked only for packets a prefix or the route check
+/// denies.
+#[map(name = "GUARD_EXC_V4")]
+pub static EXCEPTIONS_V4: LpmTrie<Exception4, RuleValue> =
+    LpmTrie::with_max_entries(MAX_EXCEPTIONS, 0);
+
+/// IPv6 exceptions.
+#[map(name = "GUARD_EXC_V6")]
+pub static EXCEPTIONS_V6: LpmTrie<Exception6, RuleValue> =
+    LpmTrie::with_max_entries(MAX_EXCEPTIONS, 0);
+
+/// Flows the protected side started toward guests (`guard_reply`), keyed as their replies
+/// look. Least recently used entries make room.
+#[map(name = "GUARD_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);

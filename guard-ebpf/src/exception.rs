@@ -33,6 +33,8 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+/// The fragment offset bits of the IPv4 flags-and-offset field.
+const IP_OFFSET: u16 = 0x1fff;
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
@@ -89,7 +91,7 @@ pub fn read<F: Frame>(f: &F, l3: usize, v6: bool) -> Option<Packet> {
     } else {
         let h: &Ipv4Hdr = f.at(l3).ok()?;
         let hlen = usize::from(h.vihl & 0x0f) * 4;
-        let first = u16::from_be_bytes(h.frags) & 0x1fff == 0;
+        let first = u16::from_be_bytes(h.frags) & IP_OFFSET == 0;
         (
             words4(h.src_addr),
             words4(h.dst_addr),
@@ -208,17 +210,14 @@ fn lookup4(p: &Packet, scope: u32, proto: u8, port: u16) -> u32 {
 
 #[inline(always)]
 fn lookup6(p: &Packet, scope: u32, proto: u8, port: u16) -> u32 {
-    let w = |i: usize| p.dst[i].to_ne_bytes();
-    let (a, b, c, d) = (w(0), w(1), w(2), w(3));
+    // SAFETY: four u32 words are sixteen bytes, in memory order: the address as read.
+    let addr: [u8; 16] = unsafe { core::mem::transmute(p.dst) };
     let data = Exception6 {
         scope,
         proto,
         pad: 0,
         dport: port.to_ne_bytes(),
-        addr: [
-            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
-            d[2], d[3],
-        ],
+        addr,
     };
     id_of(EXCEPTIONS_V6.get(Key::new(EXCEPTION_FIXED_BITS + 128, data)))
 }

@@ -7,6 +7,7 @@
 //! bridge_hook = true           # the backstop: TC ingress on the bridge device
 //! route_check = true           # judge by the kernel's route lookup too
 //! allow_tunnels = false        # let tunnel encapsulations to the host through
+//! replies = true               # let replies to flows the protected side started through
 //! tunnel_ports = [5555]        # more UDP tunnel ports (FOU, ...)
 //! uplinks = ["eth0"]           # where guests may be routed (default: default-route links)
 //! monitor = false              # count and report, do not drop
@@ -63,6 +64,8 @@ pub struct BridgeConfig {
     pub route_check: bool,
     #[serde(default)]
     pub allow_tunnels: bool,
+    #[serde(default = "yes")]
+    pub replies: bool,
     #[serde(default)]
     pub tunnel_ports: Vec<u16>,
     #[serde(default)]
@@ -235,6 +238,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 bridge_hook: b.bridge_hook,
                 route_check: b.route_check,
                 allow_tunnels: b.allow_tunnels,
+                replies: b.replies,
                 tunnel_ports: b.tunnel_ports,
                 uplinks: b.uplinks,
                 monitor: b.monitor,

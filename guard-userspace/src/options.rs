@@ -141,6 +141,10 @@ pub struct Options {
     /// Let tunnel encapsulations addressed to the host through.
     #[serde(default)]
     pub allow_tunnels: bool,
+    /// Let replies to flows the protected side started through (`guard_reply` on the
+    /// bridge's TC egress; on unless turned off).
+    #[serde(default = "yes")]
+    pub replies: bool,
     /// UDP ports of tunnels, on top of the defaults and the tunnel devices discovered.
     #[serde(default)]
     pub tunnel_ports: Vec<u16>,
@@ -186,6 +190,7 @@ impl Default for Options {
             bridge_hook: true,
             route_check: true,
             allow_tunnels: false,
+            replies: true,
             tunnel_ports: Vec::new(),
             uplinks: Vec::new(),
             monitor: false,

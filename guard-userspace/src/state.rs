@@ -94,6 +94,8 @@ pub enum Item {
     Port { name: String, ifindex: u32 },
     /// The interfaces the route check lets guests be routed out of (bridge, uplinks).
     Egress,
+    /// The reply recorder on the bridge's egress.
+    Replies,
 }
 
 impl std::fmt::Display for Item {
@@ -104,6 +106,7 @@ impl std::fmt::Display for Item {
             Self::Policy => f.write_str("policy"),
             Self::Port { name, .. } => write!(f, "port {name}"),
             Self::Egress => f.write_str("uplinks"),
+            Self::Replies => f.write_str("reply recorder"),
         }
     }
 }
@@ -153,6 +156,18 @@ pub struct State {
     /// The UDP tunnel ports in force.
     #[serde(default)]
     pub tunnel_ports: Vec<u16>,
+    /// The reply recorder's hook on the bridge's egress, when replies are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_hook: Option<ReplyHook>,
+}
+
+/// Where `guard_reply` is hooked: the bridge's TC egress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyHook {
+    pub ifindex: u32,
+    pub name: String,
+    /// TCX, or `tc` (a `cls_bpf` filter) before Linux 6.6.
+    pub mode: HookMode,
 }
 
 impl State {

@@ -69,6 +69,9 @@ pub fn detach(loc: &Location) -> Result<Detached> {
         for port in state.ports.values().filter(|p| p.mode == HookMode::Tc) {
             hook::remove_tc_filter(&port.name);
         }
+        if let Some(h) = &state.reply_hook {
+            hook::unhook_reply(loc, h.ifindex, &h.name, h.mode);
+        }
     }
     for (_, _, path) in loc.link_pins()? {
         bpf::release_link_pin(&path);

@@ -293,6 +293,9 @@ impl Guard {
         for (ifindex, port) in &self.state.ports {
             hook::unhook(&self.loc, *ifindex, port);
         }
+        if let Some(h) = &self.state.reply_hook {
+            hook::unhook_reply(&self.loc, h.ifindex, &h.name, h.mode);
+        }
         let _ = self.loc.remove_all();
     }
 }

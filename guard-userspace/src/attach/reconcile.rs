@@ -5,17 +5,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
     DEFAULT_TUNNEL_PORTS, GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_FIB_SKIP_NEIGH,
-    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_STRICT_MAC, GlobalConfig, Mac,
-    PORT_FLAG_EGRESS_OK, PortSet, event::DEFAULT_EVENT_RATE,
+    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_REPLIES, GLOBAL_FLAG_STRICT_MAC,
+    GlobalConfig, Mac, PORT_FLAG_EGRESS_OK, PortSet, event::DEFAULT_EVENT_RATE,
 };
 
 use super::{Changes, Guard};
 use crate::{
+    attach::port_plan::Target,
     discovery::Discovery,
     error::{GuardError, Result, error_chain},
     options::Settings,
     policy::Policy,
-    state::{Failure, Item, now},
+    state::{Failure, Item, ReplyHook, now},
+    sys::hook,
     sys::kernel::fib_skips_neigh,
 };
 
@@ -55,6 +57,9 @@ impl Guard {
         if let Err(e) = self.apply_egress(discovery) {
             changes.failures.push((Item::Egress, e));
         }
+        if let Err(e) = self.apply_replies(discovery) {
+            changes.failures.push((Item::Replies, e));
+        }
         self.state.failures = changes
             .failures
             .iter()
@@ -77,6 +82,7 @@ impl Guard {
             (o.monitor, GLOBAL_FLAG_MONITOR),
             (o.allow_tunnels, GLOBAL_FLAG_ALLOW_TUNNELS),
             (!o.route_check, GLOBAL_FLAG_NO_ROUTE_CHECK),
+            (o.replies, GLOBAL_FLAG_REPLIES),
             (fib_skips_neigh(), GLOBAL_FLAG_FIB_SKIP_NEIGH),
         ] {
             if on {
@@ -106,6 +112,40 @@ impl Guard {
             self.maps.set_tunnel_ports(&set)?;
         }
         self.state.tunnel_ports = ports.into_iter().collect();
+        Ok(())
+    }
+
+    /// Item: the reply recorder on the bridge device's TC egress, hooked while replies are
+    /// on (swapped to freshly loaded programs, moved when the bridge was re-created), removed
+    /// when they are turned off.
+    fn apply_replies(&mut self, discovery: &Discovery) -> Result<()> {
+        let bridge = &discovery.bridge;
+        let current = self.state.reply_hook.take();
+        if let Some(h) = &current
+            && (!self.state.options.replies || h.ifindex != bridge.index)
+        {
+            hook::unhook_reply(&self.loc, h.ifindex, &h.name, h.mode);
+        }
+        if !self.state.options.replies {
+            return Ok(());
+        }
+        let same = current.filter(|h| h.ifindex == bridge.index);
+        if same.is_some() && self.progs.is_pinned() {
+            // The pinned program is already behind the hook.
+            self.state.reply_hook = same;
+            return Ok(());
+        }
+        let target = Target {
+            ifindex: bridge.index,
+            name: bridge.name.clone(),
+            is_bridge: true,
+        };
+        let mode = hook::hook_reply(&mut self.progs, &self.loc, &target, same.map(|h| h.mode))?;
+        self.state.reply_hook = Some(ReplyHook {
+            ifindex: bridge.index,
+            name: bridge.name.clone(),
+            mode,
+        });
         Ok(())
     }
 

@@ -180,3 +180,107 @@ pub fn remove_tc_filter(port: &str) {
         drop(link);
     }
 }
+
+/// Priority and handle of the reply recorder's `cls_bpf` filter on the bridge's egress, where
+/// the kernel has no TCX.
+const REPLY_TC_PRIORITY: u16 = 0x4756;
+const REPLY_TC_HANDLE: TcHandle = TcHandle::new(0x4756, 1);
+
+/// Hooks the reply recorder (`guard_reply`) on the bridge device's TC egress, or swaps the
+/// program behind its hook (`current`, the mode it is hooked with). TCX where the kernel has
+/// it, else a `cls_bpf` filter. Returns the mode of the hook.
+pub fn hook_reply(
+    progs: &mut Programs,
+    loc: &Location,
+    bridge: &Target,
+    current: Option<HookMode>,
+) -> Result<HookMode> {
+    let pin = loc.link_pin("reply", bridge.ifindex);
+    let err = |e| GuardError::program(program_names::REPLY, e);
+    let link_err = |path: &std::path::Path, e| GuardError::Link {
+        path: path.to_owned(),
+        source: Box::new(e),
+    };
+    match current {
+        Some(HookMode::Tcx) => {
+            let pinned = PinnedLink::from_pin(&pin).map_err(|e| link_err(&pin, e))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(|e| link_err(&pin, e))?;
+            let prog = progs.reply()?;
+            let id = prog.attach_to_link(link).map_err(err)?;
+            drop(prog.take_link(id));
+            return Ok(HookMode::Tcx);
+        }
+        Some(_) => {
+            if let Ok(link) = SchedClassifierLink::attached(
+                &bridge.name,
+                TcAttachType::Egress,
+                REPLY_TC_PRIORITY,
+                REPLY_TC_HANDLE,
+                None,
+            ) {
+                let prog = progs.reply()?;
+                let id = prog.attach_to_link(link).map_err(err)?;
+                let link = prog.take_link(id).map_err(err)?;
+                std::mem::forget(link);
+                return Ok(HookMode::Tc);
+            }
+            // The filter is gone (someone removed the qdisc): hook anew below.
+        }
+        None => {}
+    }
+    let prog = progs.reply()?;
+    let tcx = prog
+        .attach_with_options(
+            &bridge.name,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .and_then(|id| prog.take_link(id));
+    if let Ok(link) = tcx {
+        let fd_link = FdLink::try_from(link).map_err(|e| link_err(&pin, e))?;
+        fd_link.pin(&pin).map_err(|e| GuardError::Pin {
+            path: pin.clone(),
+            source: Box::new(e),
+        })?;
+        return Ok(HookMode::Tcx);
+    }
+    // No TCX (before Linux 6.6): a cls_bpf filter on the clsact qdisc's egress.
+    match tc::qdisc_add_clsact(&bridge.name) {
+        Ok(()) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(err(ProgramError::from(e))),
+    }
+    let id = prog
+        .attach_with_options(
+            &bridge.name,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: REPLY_TC_PRIORITY,
+                handle: REPLY_TC_HANDLE,
+                ..NlOptions::default()
+            }),
+        )
+        .map_err(err)?;
+    let link = prog.take_link(id).map_err(err)?;
+    // The qdisc holds the filter; dropping the link object would remove it.
+    std::mem::forget(link);
+    Ok(HookMode::Tc)
+}
+
+/// Removes the reply recorder from the bridge's egress. Best effort (the bridge may be gone).
+pub fn unhook_reply(loc: &Location, ifindex: u32, bridge: &str, mode: HookMode) {
+    if mode == HookMode::Tc {
+        if let Ok(link) = SchedClassifierLink::attached(
+            bridge,
+            TcAttachType::Egress,
+            REPLY_TC_PRIORITY,
+            REPLY_TC_HANDLE,
+            None,
+        ) {
+            drop(link);
+        }
+    } else {
+        release_link_pin(&loc.link_pin("reply", ifindex));
+    }
+}

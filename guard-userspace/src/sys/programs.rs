@@ -23,11 +23,12 @@ pub enum Programs {
         xdp: Box<Xdp>,
         tc: Box<SchedClassifier>,
         bridge: Box<SchedClassifier>,
+        reply: Box<SchedClassifier>,
     },
 }
 
 /// The pin names of the programs (`prog_<name>`).
-pub const PROGRAM_PINS: [&str; 3] = ["xdp", "tc", "bridge"];
+pub const PROGRAM_PINS: [&str; 4] = ["xdp", "tc", "bridge", "reply"];
 
 impl Programs {
     pub fn xdp(&mut self) -> Result<&mut Xdp> {
@@ -54,6 +55,19 @@ impl Programs {
             Self::Pinned { tc, .. } => Ok(tc),
         }
     }
+
+    /// The reply recorder (`guard_reply`, the bridge device's TC egress).
+    pub fn reply(&mut self) -> Result<&mut SchedClassifier> {
+        let name = program_names::REPLY;
+        match self {
+            Self::Loaded(ebpf) => ebpf
+                .program_mut(name)
+                .ok_or_else(|| GuardError::program(name, missing()))?
+                .try_into()
+                .map_err(|e| GuardError::program(name, e)),
+            Self::Pinned { reply, .. } => Ok(reply),
+        }
+    }
 }
 
 pub const fn tc_name(is_bridge: bool) -> &'static str {
@@ -76,10 +90,13 @@ impl Programs {
             .map_err(|e| GuardError::program(program_names::TC, e))?;
         let bridge = SchedClassifier::from_pin(loc.prog_pin("bridge"))
             .map_err(|e| GuardError::program(program_names::BRIDGE, e))?;
+        let reply = SchedClassifier::from_pin(loc.prog_pin("reply"))
+            .map_err(|e| GuardError::program(program_names::REPLY, e))?;
         Ok(Self::Pinned {
             xdp: Box::new(xdp),
             tc: Box::new(tc),
             bridge: Box::new(bridge),
+            reply: Box::new(reply),
         })
     }
 
@@ -131,6 +148,10 @@ impl Programs {
                 .load()
                 .map_err(|e| GuardError::program(tc_name(is_bridge), e))?;
         }
+        progs
+            .reply()?
+            .load()
+            .map_err(|e| GuardError::program(program_names::REPLY, e))?;
         Ok((maps, progs))
     }
 
@@ -152,6 +173,7 @@ impl Programs {
             let res = match hook {
                 "xdp" => self.xdp()?.pin(&new),
                 "tc" => self.tc_for(false)?.pin(&new),
+                "reply" => self.reply()?.pin(&new),
                 _ => self.tc_for(true)?.pin(&new),
             };
             res.map_err(|e| GuardError::Pin {

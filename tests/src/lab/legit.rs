@@ -161,7 +161,7 @@ fn dhcp_broadcast(lab: &Lab, opts: FireOptions) -> Result<Vec<CaseResult>> {
 /// TCP: `count` connections from `from` to `dst`, each sending a marker that the server in
 /// `to` (listening on `bind`) echoes back. A connection counts when it came from `src` and
 /// its echo came back.
-fn tcp_flow(
+pub fn tcp_flow(
     lab: &Lab,
     name: &str,
     (from, to): (Role, Role),
@@ -227,7 +227,7 @@ fn tcp_round(
 }
 
 /// ICMP echo: `count` requests from `from` to `dst`; replies counted at `from`.
-fn icmp_flow(
+pub fn icmp_flow(
     lab: &Lab,
     name: &str,
     from: Role,

@@ -56,6 +56,12 @@ pub struct AttachArgs {
     /// through; by default the host never decapsulates what a guest sends it.
     #[arg(long)]
     pub allow_tunnels: bool,
+    /// Drop replies to flows the protected side started, too. By default a flow that the
+    /// host or a host on a protected network starts toward a guest (a TCP SYN, a UDP
+    /// datagram, an ICMP echo request, seen on the bridge's TC egress) has its replies let
+    /// through; a flow a guest starts never is.
+    #[arg(long)]
+    pub no_replies: bool,
     /// Also treat UDP PORT as a tunnel port (repeatable; e.g. a FOU receiver's).
     #[arg(long, value_name = "PORT")]
     pub tunnel_port: Vec<u16>,
@@ -112,6 +118,7 @@ pub fn options(a: &AttachArgs) -> Result<Options> {
     o.bridge_hook &= !a.no_bridge_hook;
     o.route_check &= !a.no_route_check;
     o.allow_tunnels |= a.allow_tunnels;
+    o.replies &= !a.no_replies;
     o.tunnel_ports.extend(&a.tunnel_port);
     o.uplinks.extend(a.uplink.iter().cloned());
     o.monitor |= a.monitor;

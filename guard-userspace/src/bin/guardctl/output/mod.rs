@@ -120,6 +120,9 @@ pub struct StatusView {
     /// The kernel's route lookup judges what no prefix rule decides.
     pub route_check: bool,
     pub allow_tunnels: bool,
+    /// Replies to flows the protected side started pass (`guard_reply` on the bridge's
+    /// egress).
+    pub replies: bool,
     /// Interfaces guests may be routed out of besides the bridge.
     pub uplinks: Vec<String>,
     /// UDP ports treated as tunnels.
@@ -260,6 +263,7 @@ pub async fn status_of(
         program_ids,
         route_check: o.route_check,
         allow_tunnels: o.allow_tunnels,
+        replies: o.replies,
         uplinks: s
             .egress
             .iter()

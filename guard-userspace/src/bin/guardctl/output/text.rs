@@ -98,6 +98,15 @@ pub fn describe(v: &StatusView) -> String {
     }
     if v.attached {
         let _ = writeln!(s, "  {}", route_line(v));
+        let _ = writeln!(
+            s,
+            "  {}",
+            if v.replies {
+                "replies to flows the protected side started pass"
+            } else {
+                "replies to flows the protected side started are judged like the rest"
+            }
+        );
     }
     if v.detaching {
         let _ = writeln!(s, "  being detached (or a detach was interrupted)");

@@ -204,7 +204,9 @@ pub fn guard_reply(ctx: TcContext) -> i32 {
     if ctx.data_end().wrapping_sub(ctx.data()) < want as usize {
         let _ = ctx.pull_data(want);
     }
-    reply::record(&ctx);
+    // SAFETY: `skb` points at the kernel's `__sk_buff` for this run.
+    let from = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    reply::record(&ctx, from);
     TC_ACT_OK
 }
 

@@ -1,11 +1,12 @@
 //! `guard_reply`, on the bridge device's TC egress: every packet the host sends or routes
 //! into the guest side passes it (bridged guest-to-guest traffic does not). It records the
 //! flows the protected side starts, so that step 10 lets their replies through: a TCP SYN
-//! without ACK, any UDP datagram, an ICMP echo request. It never drops and never changes a
+//! without ACK, any UDP datagram, an ICMP echo request, made by the host or received on an
+//! interface that is neither the bridge nor an uplink. It never drops and never changes a
 //! packet.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use guard_common::{FLOW_REFRESH_NS, FlowValue, GLOBAL_FLAG_REPLIES};
+use guard_common::{FLOW_REFRESH_NS, FlowValue, GLOBAL_FLAG_REPLIES, PORT_FLAG_EGRESS_OK};
 
 use crate::{
     eth::{self, ETH_HLEN, P_IPV4, P_IPV6},
@@ -14,15 +15,27 @@ use crate::{
         IPPROTO_UDP, TCP_ACK, TCP_SYN,
     },
     frame::Frame,
-    maps::FLOWS,
+    maps::{FLOWS, PORTS},
     policy::Config,
 };
 
 /// Records the flow of the packet in `f` if it starts (or keeps alive) one toward a guest.
+/// `from` is the interface the packet was received on (0: the host made it). What arrived
+/// from the guest side (the bridge) or from an interface guests may be routed out of (an
+/// uplink) starts nothing: a guest could otherwise forge the protected side's first packet
+/// and have the host route it back to itself.
 #[inline(always)]
-pub fn record<F: Frame>(f: &F) {
+pub fn record<F: Frame>(f: &F, from: u32) {
     let cfg = Config::load();
     if cfg.flags & GLOBAL_FLAG_REPLIES == 0 {
+        return;
+    }
+    if from != 0
+        && (from == cfg.bridge_ifindex
+            || PORTS
+                .get(from)
+                .is_some_and(|p| p.flags & PORT_FLAG_EGRESS_OK != 0))
+    {
         return;
     }
     let Ok(eth) = f.at::<[u8; ETH_HLEN]>(0) else {

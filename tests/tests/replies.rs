@@ -22,15 +22,18 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use guard_tests::lab::{
     Lab, Role, Variant, addr,
-    attack::{CaseResult, FireOptions},
+    attack::{Attacker, CaseResult, FireOptions},
     check,
     guardctl::{Guardctl, PinScope},
     harness::{finish, require_root_and_guardctl, serial},
     legit,
+    sock::{PacketSocket, udp_bind, udp_collect},
 };
+use guard_tests::packet::{Eth, Ipv4};
 
 const GUEST_PORT: u16 = 7022;
 const MGMT_PORT: u16 = 7023;
@@ -114,6 +117,65 @@ fn flows(lab: &Lab, opts: FireOptions) -> (Vec<CaseResult>, Vec<CaseResult>) {
     (from_mgmt, from_guest)
 }
 
+const SPOOF_MGMT_PORT: u16 = 7161;
+const SPOOF_GUEST_PORT: u16 = 7999;
+
+/// A guest forges the start of a flow: a UDP datagram "from" the management server to its
+/// own address, MAC-addressed to the host, which routes it back into the bridge (through
+/// `guard_reply`'s hook). Then the guest sends to the management server as if replying.
+/// Returns whether the forged datagram came back (the host did route it) and how many of
+/// the "replies" reached the management server.
+fn forged_flow(lab: &Lab, opts: FireOptions) -> (bool, u32) {
+    let att = Attacker::g1(lab).expect("g1");
+    let guest = udp_bind(
+        &att.ns,
+        SocketAddr::new(IpAddr::V4(addr::G1_4), SPOOF_GUEST_PORT),
+    )
+    .expect("g1 socket");
+    let server = udp_bind(
+        lab.ns(Role::Mgmt),
+        SocketAddr::new(IpAddr::V4(addr::MGMT_SERVER4), SPOOF_MGMT_PORT),
+    )
+    .expect("mgmt socket");
+    let raw = PacketSocket::open(&att.ns, &att.ifname, 0).expect("g1 packet socket");
+    let forged = Eth::new(att.bridge_mac, att.mac)
+        .ipv4(Ipv4::new(addr::MGMT_SERVER4, addr::G1_4).udp(
+            SPOOF_MGMT_PORT,
+            SPOOF_GUEST_PORT,
+            b"forged",
+        ))
+        .build();
+    raw.send(&forged).expect("send the forged datagram");
+    let back = udp_collect(
+        &guest,
+        1,
+        Instant::now() + Duration::from_secs(2),
+        |d, peer| (d == b"forged" && peer.ip() == IpAddr::V4(addr::MGMT_SERVER4)).then_some(0),
+    )
+    .expect("receive the forged datagram")
+        == 1;
+    let dst = SocketAddr::new(IpAddr::V4(addr::MGMT_SERVER4), SPOOF_MGMT_PORT);
+    for seq in 0..opts.count {
+        guest
+            .send_to(format!("reply {seq}").as_bytes(), dst)
+            .expect("send");
+    }
+    let got = udp_collect(
+        &server,
+        opts.count,
+        Instant::now() + opts.deadline,
+        |d, _| {
+            std::str::from_utf8(d)
+                .ok()?
+                .strip_prefix("reply ")?
+                .parse()
+                .ok()
+        },
+    )
+    .expect("count at the management server");
+    (back, got)
+}
+
 fn table(t: &mut String, label: &str, rows: &[CaseResult]) {
     for r in rows {
         let _ = writeln!(
@@ -137,6 +199,17 @@ fn replies(hook: &str) {
 
     // 1. The negative control: both directions work without guard.
     let (mgmt0, guest0) = flows(&lab, opts);
+    let (back0, forged0) = forged_flow(&lab, opts);
+    let _ = writeln!(
+        t,
+        "  without guard                forged flow: routed back {back0}, {forged0} of {} \
+         \"replies\" delivered",
+        opts.count
+    );
+    assert!(
+        back0 && forged0 == opts.count,
+        "the forged flow must work without guard"
+    );
     let legit_without = legit::run_all(&lab, opts).expect("legit flows without guard");
     table(&mut t, "without guard", &mgmt0);
     table(&mut t, "without guard", &guest0);
@@ -151,6 +224,7 @@ fn replies(hook: &str) {
     let (mgmt1, guest1) = flows(&lab, opts);
     let after = gctl.stats(&host, addr::BRIDGE).expect("stats");
     let legit_with = legit::run_all(&lab, opts).expect("legit flows with guard");
+    let after_legit = gctl.stats(&host, addr::BRIDGE).expect("stats");
     table(&mut t, "attached", &mgmt1);
     table(&mut t, "attached", &guest1);
     for r in &mgmt1 {
@@ -169,6 +243,25 @@ fn replies(hook: &str) {
             ));
         }
     }
+    // A guest cannot open a flow for itself by forging the protected side's first packet:
+    // guard_reply ignores what the host routes back from the guest side.
+    let (back1, forged1) = forged_flow(&lab, opts);
+    let _ = writeln!(
+        t,
+        "  attached                     forged flow: routed back {back1}, {forged1} of {} \
+         \"replies\" delivered",
+        opts.count
+    );
+    if !back1 {
+        problems.push(format!(
+            "{hook}: the host did not route the forged datagram back"
+        ));
+    }
+    if forged1 != 0 {
+        problems.push(format!(
+            "{hook}: {forged1} replies to a forged flow got through"
+        ));
+    }
     let reply = after
         .reason_deltas(&before, None)
         .get("reply")
@@ -178,7 +271,6 @@ fn replies(hook: &str) {
     if reply == 0 {
         problems.push(format!("{hook}: no frame counted as reply"));
     }
-    let after_legit = gctl.stats(&host, addr::BRIDGE).expect("stats");
     let drops = after_legit.total_dropped() - after.total_dropped();
     check::legit_report(&mut t, &mut problems, (&legit_without, &legit_with), drops);
 

@@ -23,6 +23,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
     link::{
         InfoData, InfoGeneve, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+        LinkXdp,
     },
     neighbour::{NeighbourAttribute, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
@@ -52,6 +53,9 @@ pub struct Iface {
     pub up: bool,
     /// The UDP port a VXLAN or GENEVE device listens on (on every address unless bound).
     pub tunnel_port: Option<u16>,
+    /// The program on its XDP hook (`IFLA_XDP_PROG_ID`, any mode), guard's or another's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_prog: Option<u32>,
 }
 
 /// Why a MAC is in the host set.
@@ -188,12 +192,14 @@ fn iface_of(msg: &LinkMessage) -> Iface {
         is_loopback: msg.header.flags.contains(LinkFlags::Loopback),
         up: msg.header.flags.contains(LinkFlags::Up),
         tunnel_port: None,
+        xdp_prog: None,
     };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => iface.name.clone_from(n),
             LinkAttribute::Address(a) => iface.mac = <RawMac>::try_from(a.as_slice()).ok(),
             LinkAttribute::Controller(c) => iface.controller = Some(*c),
+            LinkAttribute::Xdp(xdp) => iface.xdp_prog = xdp_prog_id(xdp),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -218,6 +224,18 @@ fn iface_of(msg: &LinkMessage) -> Iface {
         }
     }
     iface
+}
+
+/// The program id of an `IFLA_XDP` attribute: `IFLA_XDP_PROG_ID` names the one program in
+/// native, generic or offload mode; the per-mode ids only matter with several at once.
+#[must_use]
+pub fn xdp_prog_id(xdp: &[LinkXdp]) -> Option<u32> {
+    xdp.iter().find_map(|x| match x {
+        LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id) if *id != 0 => {
+            Some(*id)
+        }
+        _ => None,
+    })
 }
 
 pub async fn addresses(handle: &Handle, ifaces: &[Iface]) -> Result<Vec<HostAddr>> {

@@ -55,6 +55,16 @@ pub enum GuardError {
     },
     #[error("port {port}: no hook could be attached ({reasons})")]
     PortRefused { port: String, reasons: String },
+    /// The hook asked for is XDP and another program holds the XDP hook of these ports.
+    #[error("{}", crate::sys::xdp_peer::refusal_message(.0))]
+    SharedXdpHook(Vec<crate::sys::xdp_peer::SharedXdp>),
+    /// An XDP attach was refused because the hook is taken (`EBUSY`/`EEXIST`): another
+    /// program got there after discovery looked. Not a reason to fall back to TC silently.
+    #[error(
+        "port {port}: its XDP hook is taken ({reason}); guard does not replace another \
+         program's XDP hook: use --hook tcx (or tc) to run after it, or remove it"
+    )]
+    XdpHookBusy { port: String, reason: String },
     #[error("host MAC table full: more than {0} MACs, or too many collisions")]
     MacTableFull(usize),
     #[error("policy: {0}")]

@@ -955,6 +955,7 @@ fn reconcile_is_per_item() {
         is_loopback: false,
         up: true,
         tunnel_port: None,
+        xdp_prog: None,
     };
     let mut ports = vec![iface(999_999, "ghost0", Some([2, 0, 0, 0, 0, 9]), false)];
     ports.extend(

@@ -741,6 +741,7 @@ fn error_cases() {
         is_loopback: false,
         up: true,
         tunnel_port: None,
+        xdp_prog: None,
     };
     let discovery = Discovery {
         bridge: iface(lab.bridge.ifindex, addr::BRIDGE, Some(lab.bridge.mac), true),

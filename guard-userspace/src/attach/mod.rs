@@ -35,7 +35,11 @@ use crate::{
 pub use self::detach::{AGENT_EXIT_TIMEOUT, Detached, detach, modify_state};
 pub use crate::{
     error::error_chain,
-    sys::{caps::check_privileges, kernel::fib_skips_neigh},
+    sys::{
+        caps::check_privileges,
+        kernel::fib_skips_neigh,
+        xdp_peer::{LIBXDP_DISPATCHER, SharedXdp, XdpProgram, foreign_xdp, is_guard_xdp},
+    },
 };
 
 /// A cheap identity of the embedded object: a new build gets new programs on attach, the
@@ -144,17 +148,57 @@ impl Guard {
     ///
     /// Every item is applied on its own (see [`Changes::failures`]). A first attach whose
     /// global config, host MAC set or policy cannot be applied, or that hooks no port at all
-    /// (the bridge device's backstop aside), is rolled back and returns that error; a port that refuses every hook is reported and
-    /// the others stay guarded.
+    /// (the bridge device's backstop aside), is rolled back and returns that error; a port
+    /// that refuses every hook is reported and the others stay guarded.
+    ///
+    /// When the hook asked for is XDP and another program holds the XDP hook of any port
+    /// ([`shared_xdp`]), the attach is refused before anything changes
+    /// ([`GuardError::SharedXdpHook`]): guard never replaces that program, and falling back
+    /// to TC on that port alone would hide that the hook asked for is not the one in force.
     pub fn attach(
         loc: &Location,
         options: Options,
         discovery: &Discovery,
         object: &[u8],
     ) -> Result<(Self, Changes)> {
+        Self::attach_with(loc, options, discovery, object, true)
+    }
+
+    /// [`Guard::attach`] for the agent (`guardctl run`): a port whose XDP hook another
+    /// program holds fails as its own item (reported, in `status`), and the other ports and
+    /// the bridge device's backstop are still hooked. The agent keeps guarding what it can
+    /// rather than exit and leave every port unguarded.
+    pub fn attach_per_port(
+        loc: &Location,
+        options: Options,
+        discovery: &Discovery,
+        object: &[u8],
+    ) -> Result<(Self, Changes)> {
+        Self::attach_with(loc, options, discovery, object, false)
+    }
+
+    fn attach_with(
+        loc: &Location,
+        options: Options,
+        discovery: &Discovery,
+        object: &[u8],
+        refuse_shared_xdp: bool,
+    ) -> Result<(Self, Changes)> {
         check_privileges()?;
         // Validate everything that can be validated before touching the kernel.
-        options.settings()?;
+        let settings = options.settings()?;
+        if refuse_shared_xdp
+            && settings
+                .hook
+                .candidates()
+                .first()
+                .is_some_and(|m| m.is_xdp())
+        {
+            let shared = shared_xdp(discovery);
+            if !shared.is_empty() {
+                return Err(GuardError::SharedXdpHook(shared));
+            }
+        }
         ensure_bpffs(loc.run_root())?;
         let _lock = loc.lock()?;
         let old_state = if loc.is_attached() {
@@ -298,6 +342,22 @@ impl Guard {
         }
         let _ = self.loc.remove_all();
     }
+}
+
+/// The bridge's ports whose XDP hook holds a program that is not guard's (as discovered).
+#[must_use]
+pub fn shared_xdp(discovery: &Discovery) -> Vec<SharedXdp> {
+    discovery
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let program = foreign_xdp(p.xdp_prog?)?;
+            Some(SharedXdp {
+                port: p.name.clone(),
+                program,
+            })
+        })
+        .collect()
 }
 
 /// The default object: the release build embedded in this binary.

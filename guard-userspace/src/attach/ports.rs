@@ -8,6 +8,7 @@ use super::{
     port_plan::{self, ADOPTED, HookStep, PortStep},
 };
 use crate::{
+    attach::{SharedXdp, foreign_xdp},
     discovery::Discovery,
     error::{GuardError, Result, error_chain},
     options::{HookMode, Settings},
@@ -44,7 +45,12 @@ impl Guard {
             changes.unhooked.push(r.port.name);
         }
         for step in plan.ports {
-            if let Err(e) = self.apply_port(&step, changes) {
+            let xdp_prog = discovery
+                .ports
+                .iter()
+                .find(|p| p.index == step.target.ifindex)
+                .and_then(|p| p.xdp_prog);
+            if let Err(e) = self.apply_port(&step, xdp_prog, changes) {
                 changes.failures.push((
                     Item::Port {
                         name: step.target.name.clone(),
@@ -57,8 +63,14 @@ impl Guard {
     }
 
     /// Item: one port's table entry and hook. A new port that cannot be hooked gives its
-    /// slot back; a known one keeps its hook (and so the program it had).
-    fn apply_port(&mut self, step: &PortStep, changes: &mut Changes) -> Result<()> {
+    /// slot back; a known one keeps its hook (and so the program it had). `xdp_prog` is the
+    /// program discovery found on its XDP hook.
+    fn apply_port(
+        &mut self,
+        step: &PortStep,
+        xdp_prog: Option<u32>,
+        changes: &mut Changes,
+    ) -> Result<()> {
         let t = &step.target;
         let slot = if let Some(p) = &step.known {
             p.slot
@@ -74,7 +86,7 @@ impl Guard {
         if self.maps.port(t.ifindex)? != port_cfg {
             self.maps.set_port(t.ifindex, port_cfg)?;
         }
-        let (mode, fallback) = match self.run_hook(step) {
+        let (mode, fallback) = match self.run_hook(step, xdp_prog) {
             Ok(v) => v,
             Err(e) => {
                 if step.known.is_none() {
@@ -107,7 +119,16 @@ impl Guard {
     }
 
     /// Puts the step's hook in place: returns the mode and why it is not the first choice.
-    fn run_hook(&mut self, step: &PortStep) -> Result<(HookMode, Option<String>)> {
+    ///
+    /// A new hook whose first choice is XDP is not put on a port whose XDP hook another
+    /// program holds (`xdp_prog`, or an XDP attach answered `EBUSY`/`EEXIST`): the port fails
+    /// rather than fall back to TC, so that `status` says XDP is not in force there.
+    /// A hook guard already has (swap, adopt) stays whatever shares the port.
+    fn run_hook(
+        &mut self,
+        step: &PortStep,
+        xdp_prog: Option<u32>,
+    ) -> Result<(HookMode, Option<String>)> {
         let t = &step.target;
         match &step.hook {
             HookStep::Swap { mode, fallback } => {
@@ -119,6 +140,13 @@ impl Guard {
                 Ok((*mode, Some(ADOPTED.to_owned())))
             }
             HookStep::Attach { candidates } => {
+                let wants_xdp = candidates.first().is_some_and(|m| m.is_xdp());
+                if wants_xdp && let Some(program) = xdp_prog.and_then(foreign_xdp) {
+                    return Err(GuardError::SharedXdpHook(vec![SharedXdp {
+                        port: t.name.clone(),
+                        program,
+                    }]));
+                }
                 let mut refused = Vec::new();
                 for &mode in *candidates {
                     match hook::attach(&mut self.progs, &self.loc, t, mode) {
@@ -128,6 +156,14 @@ impl Guard {
                                 log::warn!("{}: hooked in {mode} mode ({f})", t.name);
                             }
                             return Ok((mode, fallback));
+                        }
+                        // dev_xdp_attach: EBUSY for a second program, EEXIST for native
+                        // while generic is in use (or the reverse).
+                        Err(e) if mode.is_xdp() && hook_taken(&e) => {
+                            return Err(GuardError::XdpHookBusy {
+                                port: t.name.clone(),
+                                reason: format!("{mode} refused: {}", error_chain(&e)),
+                            });
                         }
                         Err(e) => refused.push(format!("{mode} refused: {}", error_chain(&e))),
                     }
@@ -139,4 +175,18 @@ impl Guard {
             }
         }
     }
+}
+
+/// Did the kernel refuse an XDP attach because the hook is taken?
+fn hook_taken(e: &GuardError) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(inner) = src {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EBUSY | libc::EEXIST))
+        {
+            return true;
+        }
+        src = inner.source();
+    }
+    false
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, io, path::Path};
 use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    link::{LinkAttribute, LinkXdp},
+    link::LinkAttribute,
     tc::{TcAttribute, TcFilterBpfOption, TcOption},
 };
 use rtnetlink::Handle;
@@ -91,16 +91,7 @@ pub async fn xdp_progs(handle: &Handle) -> Result<BTreeMap<u32, u32>> {
             let LinkAttribute::Xdp(xdp) = attr else {
                 continue;
             };
-            // IFLA_XDP_PROG_ID is the single program in native/generic/offload mode;
-            // the per-mode ids cover several at once.
-            let id = xdp.iter().find_map(|x| match x {
-                LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id)
-                    if *id != 0 =>
-                {
-                    Some(*id)
-                }
-                _ => None,
-            });
+            let id = discovery::xdp_prog_id(xdp);
             if let Some(id) = id {
                 out.insert(msg.header.index, id);
             }

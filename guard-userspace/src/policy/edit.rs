@@ -188,6 +188,7 @@ mod tests {
                 is_loopback: false,
                 up: true,
                 tunnel_port: None,
+                xdp_prog: None,
             },
             ports: Vec::new(),
             host_macs: BTreeMap::new(),

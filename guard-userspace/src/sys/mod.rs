@@ -7,3 +7,4 @@ pub mod caps;
 pub mod hook;
 pub mod kernel;
 pub mod programs;
+pub mod xdp_peer;

@@ -37,6 +37,7 @@ pub mod legit;
 pub mod netns;
 pub mod sock;
 pub mod stream;
+pub mod xdp;
 
 use std::{
     fmt,

@@ -147,12 +147,30 @@ pub async fn discover(bridge: &str) -> Result<Discovery> {
         .with_context(|| format!("discovering bridge {bridge:?}"))
 }
 
+/// What an attach in an XDP mode does about a port whose XDP hook another program holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedXdpPolicy {
+    /// `guardctl attach`: refuse the whole attach, before anything changes.
+    Refuse,
+    /// The agent: that port fails on its own, the rest is guarded.
+    FailPort,
+}
+
 /// Attaches with the options of `a`, discovered as `found`. Fallbacks and failures go to
 /// stderr.
-pub fn attach_with(cli: &Cli, a: &AttachArgs, found: &Discovery) -> Result<(Guard, Changes)> {
+pub fn attach_with(
+    cli: &Cli,
+    a: &AttachArgs,
+    found: &Discovery,
+    shared_xdp: SharedXdpPolicy,
+) -> Result<(Guard, Changes)> {
     let loc = cli.location(&a.bridge);
     let opts = options(a)?;
-    let (guard, changes) = Guard::attach(&loc, opts, found, embedded_object())
+    let attach = match shared_xdp {
+        SharedXdpPolicy::Refuse => Guard::attach,
+        SharedXdpPolicy::FailPort => Guard::attach_per_port,
+    };
+    let (guard, changes) = attach(&loc, opts, found, embedded_object())
         .with_context(|| format!("attaching to bridge {:?}", a.bridge))?;
     for (port, mode, fallback) in &changes.hooked {
         if let Some(why) = fallback {
@@ -185,7 +203,7 @@ pub fn report_failures(bridge: &str, changes: &Changes) {
 
 pub async fn run(cli: &Cli, a: &AttachArgs) -> Result<ExitCode> {
     let found = discover(&a.bridge).await?;
-    let (guard, changes) = attach_with(cli, a, &found)?;
+    let (guard, changes) = attach_with(cli, a, &found, SharedXdpPolicy::Refuse)?;
     let view = output::status_of(guard.loc(), Some(guard.state()), Some(&found)).await;
     if a.json {
         output::print_json(&output::Schema::new("attach", &view))?;

@@ -9,6 +9,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
 };
 use guard::{
+    attach::{XdpProgram, foreign_xdp},
     discovery::{self, Discovery},
     identity,
     pins::Location,
@@ -69,6 +70,9 @@ pub struct PortView {
     /// Kernel id of the bpf link (None for `cls_bpf` filters, which are not links).
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
+    /// Another program on the port's XDP hook (`{id, name, libxdp_dispatcher}`), which runs
+    /// before guard's TC hook; `None` when the XDP hook is free or guard's.
+    pub shared_xdp: Option<XdpProgram>,
 }
 
 #[derive(Serialize)]
@@ -180,11 +184,12 @@ pub fn prog_ids(loc: &Location) -> ProgramIds {
 }
 
 /// The program ids on each of `ifaces`' ingress hooks (XDP, TCX, `cls_bpf`), from the
-/// kernel. An interface whose hooks cannot be read has none.
-async fn kernel_hooks(ifaces: &[(u32, String)]) -> BTreeMap<u32, Vec<u32>> {
+/// kernel, and the XDP program of each on its own. An interface whose hooks cannot be read
+/// has none.
+async fn kernel_hooks(ifaces: &[(u32, String)]) -> (BTreeMap<u32, Vec<u32>>, BTreeMap<u32, u32>) {
     let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     let Ok(handle) = discovery::connect() else {
-        return out;
+        return (out, BTreeMap::new());
     };
     let xdp = guard::audit::xdp_progs(&handle).await.unwrap_or_default();
     for (ifindex, name) in ifaces {
@@ -197,7 +202,7 @@ async fn kernel_hooks(ifaces: &[(u32, String)]) -> BTreeMap<u32, Vec<u32>> {
                 .unwrap_or_default(),
         );
     }
-    out
+    (out, xdp)
 }
 
 /// What `status` says about `loc`: its state (`None`: not attached) against the bridge's
@@ -307,7 +312,7 @@ async fn port_views(
         }
     }
     let list: Vec<(u32, String)> = ifaces.iter().map(|(i, (n, _))| (*i, n.clone())).collect();
-    let hooks = kernel_hooks(&list).await;
+    let (hooks, xdp) = kernel_hooks(&list).await;
     let taps = identity::libvirt_taps(&identity::libvirt_run_dir());
     let failure_of = |name: &str| {
         s.failures.iter().find_map(|f| match &f.item {
@@ -343,6 +348,10 @@ async fn port_views(
                 bridge_device: is_bridge,
                 link_id,
                 program_id,
+                shared_xdp: xdp
+                    .get(&ifindex)
+                    .filter(|id| !ours.contains(id))
+                    .and_then(|id| foreign_xdp(*id)),
                 name,
                 ifindex,
             }

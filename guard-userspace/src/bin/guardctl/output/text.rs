@@ -31,6 +31,17 @@ fn port_lines(s: &mut String, v: &StatusView) {
         if let Some(f) = &p.fallback {
             let _ = writeln!(s, "    fallback: {f}");
         }
+        if let Some(x) = &p.shared_xdp {
+            let _ = writeln!(
+                s,
+                "    shares its XDP hook: {x} runs first{}",
+                if p.guarded {
+                    "; guard judges what it passes"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(f) = &p.failure {
             let _ = writeln!(s, "    not hooked: {f}");
         } else if !p.guarded && p.hook.is_none() && v.attached {

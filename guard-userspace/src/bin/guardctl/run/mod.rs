@@ -90,7 +90,12 @@ pub async fn run(cli: &Cli, a: &RunArgs, metrics: Option<tiny_http::Server>) -> 
     else {
         return Ok(never_attached(&out));
     };
-    let (mut guard, changes) = crate::attach::attach_with(cli, &a.attach, &found)?;
+    let (mut guard, changes) = crate::attach::attach_with(
+        cli,
+        &a.attach,
+        &found,
+        crate::attach::SharedXdpPolicy::FailPort,
+    )?;
     let me = AgentRecord::current();
     modify_state(&loc, |s| s.agent = me).context("recording the agent in the state")?;
     if a.attach.json {

@@ -98,6 +98,18 @@ pub enum GuardError {
         #[source]
         source: io::Error,
     },
+    #[error("drop log {}", path.display())]
+    DropLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("event socket {}", path.display())]
+    EventSocket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{new} contradicts the rule in force {existing}: add --replace to override it")]
     Contradiction { new: String, existing: String },
     #[error("{0} is not in force on this bridge (`guardctl rules list` shows what is)")]

@@ -1,9 +1,11 @@
 //! Reading drop events: the pinned ring buffer, the reader lease, and an event in the terms an
 //! operator reads (port and VM, addresses, rule).
 //!
-//! The ring buffer has one consumer position: two readers of the same bridge (`guardctl
-//! events` and `guardctl top` at once) split the events between them. Metrics do not read the
-//! ring (they come from counters), so `guardctl run --metrics` never competes.
+//! The ring buffer has one consumer position: two readers of the same bridge would split the
+//! events between them. So there is one consumer at a time, the holder of
+//! [`ConsumerLock`](crate::pins::ConsumerLock): the agent while it runs (it logs the events and
+//! passes them on to subscribers over its socket, `crate::feed`), else one `guardctl events`
+//! or `top`. Metrics do not read the ring (they come from counters).
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +22,7 @@ use guard_common::{
     },
     map_names, reason,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{GuardError, Result},
@@ -59,6 +61,8 @@ pub struct EventStream {
     ring: RingBuf<MapData>,
     maps: GuardMaps,
     renewed_ns: u64,
+    /// Give the lease up on drop (false after [`EventStream::hand_over`]).
+    release: bool,
 }
 
 impl EventStream {
@@ -73,6 +77,7 @@ impl EventStream {
             ring,
             maps,
             renewed_ns: 0,
+            release: true,
         };
         s.renew()?;
         Ok(s)
@@ -106,6 +111,13 @@ impl EventStream {
         }
     }
 
+    /// Stops reading but leaves the lease in force: the next consumer (who waits for the
+    /// consumer lock this reader releases next) renews it and finds the events made meanwhile
+    /// in the ring. If none comes, the lease runs out by itself (`EVENT_LEASE_NS`).
+    pub fn hand_over(mut self) {
+        self.release = false;
+    }
+
     #[must_use]
     pub fn maps(&self) -> &GuardMaps {
         &self.maps
@@ -131,6 +143,9 @@ impl AsFd for EventStream {
 
 impl Drop for EventStream {
     fn drop(&mut self) {
+        if !self.release {
+            return;
+        }
         // Another reader still running renews within a second; a failure here only means the
         // lease runs out by itself (EVENT_LEASE_NS).
         if let Err(e) = self.maps.set_event_lease(0) {
@@ -140,7 +155,7 @@ impl Drop for EventStream {
 }
 
 /// What a rule id stands for, for display.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RuleLabel {
     pub prefix: String,
     pub class: String,
@@ -163,8 +178,9 @@ pub fn rule_labels(maps: &GuardMaps, state: &State) -> Result<BTreeMap<u32, Rule
         .collect())
 }
 
-/// An event as shown by `guardctl events` (text and JSON) and `top`.
-#[derive(Clone, Debug, Serialize)]
+/// An event as shown by `guardctl events` (text and JSON), `top`, the agent's drop log and
+/// its subscriber socket: one shape (`guardctl.events.v1`) for all of them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventView {
     /// RFC 3339 with milliseconds.
     pub time: String,
@@ -186,11 +202,15 @@ pub struct EventView {
     pub proto: Option<String>,
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
-    pub reason: &'static str,
+    pub reason: String,
     pub rule_id: u32,
     pub rule: Option<RuleLabel>,
     pub len: u32,
     pub captured: u16,
+    /// The captured bytes as hex: only on the agent's subscriber socket (for `events
+    /// --pcap`), never in the log or `events --json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<String>,
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -250,12 +270,43 @@ impl EventView {
             proto: proto_name(ev),
             src_port: ports.then_some(ev.src_port),
             dst_port: ports.then_some(ev.dst_port),
-            reason: reason::name(ev.reason),
+            reason: reason::name(ev.reason).to_owned(),
             rule_id: ev.rule_id,
             rule: rules.get(&ev.rule_id).cloned(),
             len: ev.frame_len,
             captured: ev.cap_len,
+            frame: None,
         }
+    }
+
+    /// With the captured bytes (`frame`), for the subscriber socket.
+    #[must_use]
+    pub fn with_frame(mut self, bytes: &[u8]) -> Self {
+        use std::fmt::Write as _;
+        let mut hex = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            let _ = write!(hex, "{b:02x}");
+        }
+        self.frame = Some(hex);
+        self
+    }
+
+    /// The captured bytes of `frame` (empty without, or when it is not hex).
+    #[must_use]
+    pub fn frame_bytes(&self) -> Vec<u8> {
+        let Some(hex) = self.frame.as_deref() else {
+            return Vec::new();
+        };
+        (0..hex.len() / 2)
+            .map_while(|i| hex.get(2 * i..2 * i + 2))
+            .map_while(|b| u8::from_str_radix(b, 16).ok())
+            .collect()
+    }
+
+    /// The wall-clock time of `time` (now, if it does not parse).
+    #[must_use]
+    pub fn wall_time(&self) -> SystemTime {
+        humantime::parse_rfc3339(&self.time).unwrap_or_else(|_| SystemTime::now())
     }
 
     /// The port as shown: `vm:port` when libvirt names the VM, else `port[mac]`.

@@ -113,6 +113,18 @@ impl Location {
         self.run_dir().join("lock")
     }
 
+    /// `/run/guard/<scope>/<bridge>/events.sock`: the agent's drop-event feed (JSON lines).
+    #[must_use]
+    pub fn events_socket(&self) -> PathBuf {
+        self.run_dir().join("events.sock")
+    }
+
+    /// `/run/guard/<scope>/<bridge>/consumer.lock`: held by whoever reads the event ring.
+    #[must_use]
+    pub fn consumer_lock_file(&self) -> PathBuf {
+        self.run_dir().join("consumer.lock")
+    }
+
     /// Takes the bridge's writer lock, waiting for the holder to release it.
     pub fn lock(&self) -> Result<BridgeLock> {
         BridgeLock::acquire(self)
@@ -282,6 +294,54 @@ impl Drop for BridgeLock {
     }
 }
 
+/// The one consumer of a bridge's event ring: an exclusive `flock(2)` on
+/// [`Location::consumer_lock_file`]. A ring buffer has one consumer position, so two readers
+/// would split its events; the agent and a direct `events`/`top` take this lock before they
+/// read the ring, and everyone else subscribes to the agent's socket (`crate::feed`). Released
+/// on drop (closing the file releases the flock). The file stays: it is empty, and removing
+/// it while someone waits on it would let two holders exist.
+#[derive(Debug)]
+pub struct ConsumerLock {
+    _file: fs::File,
+}
+
+impl ConsumerLock {
+    /// Takes the lock if nobody holds it; `None` when someone does. Fails when the bridge has
+    /// no state directory (not attached).
+    pub fn try_acquire(loc: &Location) -> Result<Option<Self>> {
+        use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+        let path = loc.consumer_lock_file();
+        let err = |source| GuardError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK | libc::EINTR) => Ok(None),
+                _ => Err(err(e)),
+            };
+        }
+        // A detach removed the directory since we opened: this inode is nobody's lock.
+        let held = file.metadata().map_err(err)?;
+        match fs::metadata(&path) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
+                Ok(Some(Self { _file: file }))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+}
+
 /// Is a bpffs mounted at `/sys/fs/bpf` in this mount namespace?
 pub fn bpffs_mounted() -> Result<bool> {
     let mounts = fs::read_to_string("/proc/self/mounts").map_err(|source| GuardError::Bpffs {
@@ -423,6 +483,22 @@ mod tests {
         fs::remove_dir_all(loc.run_dir()).expect("remove");
         drop(l);
         drop(loc.lock().expect("lock after removal"));
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn consumer_lock_has_one_holder() {
+        let (loc, root) = temp_loc("consumer");
+        fs::create_dir_all(loc.run_dir()).expect("dir");
+        let first = ConsumerLock::try_acquire(&loc)
+            .expect("lock")
+            .expect("free");
+        assert!(
+            ConsumerLock::try_acquire(&loc).expect("lock").is_none(),
+            "two consumers at once"
+        );
+        drop(first);
+        assert!(ConsumerLock::try_acquire(&loc).expect("lock").is_some());
         let _ = fs::remove_dir_all(root);
     }
 }

@@ -292,6 +292,12 @@ pub fn state_scope_dir(netns: Option<&str>) -> PathBuf {
     Path::new(RUN_ROOT).join(netns.unwrap_or(HOST_SCOPE))
 }
 
+/// `/var/log/guard/<scope>`: where the agent's default drop logs of a scope go.
+#[must_use]
+pub fn log_scope_dir(netns: Option<&str>) -> PathBuf {
+    Path::new(guard::droplog::LOG_ROOT).join(netns.unwrap_or(HOST_SCOPE))
+}
+
 /// Every file and directory under `dir` (empty if it does not exist).
 #[must_use]
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -361,6 +367,8 @@ impl Drop for PinScope {
         for d in [
             pin_scope_dir(Some(&self.netns)),
             state_scope_dir(Some(&self.netns)),
+            // An agent started without --log writes its drop log here.
+            log_scope_dir(Some(&self.netns)),
         ] {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}
@@ -512,6 +520,110 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `guardctl events` as a child process: its stdout lines are collected, its stderr lines
+/// (where it says what it reads from) can be waited for; killed on drop if still running.
+pub struct EventsReader {
+    pub child: Child,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl EventsReader {
+    /// Starts `guardctl [--netns NS] events BRIDGE ARGS...` without waiting.
+    ///
+    /// # Panics
+    /// When it cannot start.
+    #[must_use]
+    pub fn spawn(gctl: &Guardctl, netns: &str, bridge: &str, args: &[&str]) -> Self {
+        let mut all = vec!["events", bridge];
+        all.extend_from_slice(args);
+        let mut child = gctl
+            .command(Some(netns), &all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start guardctl events");
+        let out = child.stdout.take().expect("events stdout");
+        let err = child.stderr.take().expect("events stderr");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
+        let (tx, stderr) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("  [events] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for a line on its stderr containing `what`; returns it.
+    ///
+    /// # Panics
+    /// When none comes within `timeout`.
+    pub fn wait_stderr(&mut self, what: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("guardctl events did not print {what:?} within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    /// Every stdout line so far.
+    #[must_use]
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Is it still running?
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// SIGINT (it reads what is there first), then waits (bounded) for the exit.
+    ///
+    /// # Panics
+    /// When it does not exit within 10 s.
+    #[must_use]
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id().cast_signed(), libc::SIGINT) };
+        poll(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .expect("guardctl events exits on SIGINT")
+    }
+}
+
+impl Drop for EventsReader {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();

@@ -12,6 +12,7 @@ mod config;
 mod detach;
 mod events;
 mod exit;
+mod feed;
 mod metrics;
 mod output;
 mod ports;

@@ -12,7 +12,8 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use guard::{
-    events::{EventStream, EventView, RuleLabel},
+    events::{EventView, RuleLabel},
+    feed::Incoming,
     identity::PortLabel,
     pins::Location,
     state::State,
@@ -26,7 +27,10 @@ use ratatui::{
     widgets::{Block, Borders, Paragraph, Row, Table},
 };
 
-use crate::Cli;
+use crate::{
+    Cli,
+    feed::{FeedThread, Msg},
+};
 
 #[derive(Args)]
 pub struct TopArgs {
@@ -113,13 +117,17 @@ impl View {
         }
     }
 
-    fn push(&mut self, ev: &guard_common::event::DropEvent) {
-        let view = EventView::new(
-            ev,
-            &self.loc.bridge,
-            self.labels.get(&ev.ifindex),
-            &self.rules,
-        );
+    fn push(&mut self, item: Incoming) {
+        let view = match item {
+            Incoming::Raw(ev) => EventView::new(
+                &ev,
+                &self.loc.bridge,
+                self.labels.get(&ev.ifindex),
+                &self.rules,
+            ),
+            Incoming::View(v) => *v,
+            Incoming::Gap(_) => return,
+        };
         let ip = view
             .src_ip
             .map_or_else(|| "-".to_owned(), |i| i.to_string());
@@ -273,9 +281,10 @@ pub async fn run(cli: &Cli, a: &TopArgs) -> Result<ExitCode> {
         loc,
         state,
         labels,
-        stream,
         rules,
+        ..
     } = crate::events::open(cli, a.bridge.as_deref()).await?;
+    let feed = FeedThread::start(&loc)?;
     let mut view = View {
         loc,
         state,
@@ -301,7 +310,7 @@ pub async fn run(cli: &Cli, a: &TopArgs) -> Result<ExitCode> {
     let result = ui(
         &mut terminal,
         &mut view,
-        stream,
+        feed,
         Duration::from_secs_f64(a.interval),
     );
     ratatui::restore();
@@ -311,16 +320,20 @@ pub async fn run(cli: &Cli, a: &TopArgs) -> Result<ExitCode> {
 fn ui(
     terminal: &mut DefaultTerminal,
     view: &mut View,
-    mut stream: EventStream,
+    mut feed: FeedThread,
     interval: Duration,
 ) -> Result<()> {
     let mut last = Instant::now();
     loop {
-        while let Some(ev) = stream.try_next() {
-            view.push(&ev);
+        // The feed thread renews the lease, and switches between the agent and the ring.
+        while let Ok(msg) = feed.rx.try_recv() {
+            match msg {
+                Msg::Item(item) => view.push(item),
+                Msg::Source(_) => {}
+                Msg::Failed(e) => return Err(e),
+            }
         }
         if last.elapsed() >= interval {
-            stream.keep_alive().context("renewing the event lease")?;
             view.refresh()?;
             last = Instant::now();
         }

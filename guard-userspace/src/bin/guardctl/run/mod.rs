@@ -15,11 +15,15 @@
 //! relevant event of a burst, at most [`MAX_DELAY`](netlink::MAX_DELAY) after its first, however much else
 //! arrives. SIGTERM and SIGINT end the agent and leave enforcement pinned; SIGHUP re-reads
 //! the configuration file; a detach (which marks the state, then sends SIGTERM) ends it too.
+//!
+//! Drop events: the agent is the one consumer of the event ring while it runs ([`fanout`]):
+//! it appends them to the drop log and passes them on to `events` and `top` over its socket.
 
+mod fanout;
 mod netlink;
 mod out;
 
-use std::{net::SocketAddr, process::ExitCode, time::Instant};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -33,6 +37,7 @@ use guard::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
+    fanout::{Fanout, LogSpec},
     netlink::{Events, Pending, RESYNC, relevant, subscribe},
     out::{AgentEvent, Out},
 };
@@ -46,6 +51,17 @@ pub struct RunArgs {
     /// is bound in the caller's network namespace, also with --netns.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Append drop events to FILE, one JSON object a line (`guardctl.events.v1`). Default:
+    /// /var/log/guard/<scope>/<bridge>.jsonl (<scope>: the --netns name, or `host`).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_log")]
+    pub log: Option<PathBuf>,
+    /// Keep no drop log (the agent still serves events to `events` and `top`).
+    #[arg(long)]
+    pub no_log: bool,
+    /// At most N drop log lines a second, over all ports; the lines left out are counted in
+    /// one summary line (`"suppressed": K`) once the rate allows again.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub log_rate: u32,
 }
 
 /// Binds the metrics listener (before `--netns` is entered, so the address is the host's).
@@ -104,6 +120,21 @@ pub async fn run(cli: &Cli, a: &RunArgs, metrics: Option<tiny_http::Server>) -> 
         let view = output::status_of(&loc, Some(guard.state()), Some(&found)).await;
         print!("{}", output::describe(&view));
     }
+    let labels = crate::ports::labels(guard.state())
+        .await
+        .unwrap_or_else(|e| {
+            log::warn!("naming ports for drop events: {e:#}");
+            std::collections::BTreeMap::new()
+        });
+    let log = LogSpec {
+        path: (!a.no_log).then(|| {
+            a.log
+                .clone()
+                .unwrap_or_else(|| guard::droplog::default_path(&loc))
+        }),
+        rate: a.log_rate,
+    };
+    let fanout = Fanout::start(&loc, a.attach.json, &log, labels)?;
     if let Some(server) = metrics {
         let loc = loc.clone();
         // A plain thread: tiny_http blocks, and scrapes must not stall the netlink loop. The
@@ -127,10 +158,14 @@ pub async fn run(cli: &Cli, a: &RunArgs, metrics: Option<tiny_http::Server>) -> 
         &handle,
         &mut events,
         &out,
+        &fanout,
         (&mut term, &mut int, &mut hup),
     )
-    .await?;
-    Ok(exit(&out, &loc, stop, me).await)
+    .await;
+    // The last read of the ring and the hand-over to subscribers, before the state says the
+    // agent has gone.
+    drop(fanout);
+    Ok(exit(&out, &loc, stop?, me).await)
 }
 
 /// Discovers the bridge, waiting (on rtnetlink link events) for it to appear. `None`: a
@@ -182,6 +217,7 @@ async fn follow(
     handle: &rtnetlink::Handle,
     events: &mut Events,
     out: &Out<'_>,
+    fanout: &Fanout,
     (term, int, hup): Signals<'_>,
 ) -> Result<Stop> {
     let bridge = out.bridge;
@@ -206,6 +242,7 @@ async fn follow(
             () = tokio::time::sleep_until(wake), if due.is_some() => true,
             _ = resync.tick() => true,
             _ = hup.recv() => {
+                fanout.reopen_log();
                 // A reload is a reconcile; after a failed one, reconcile anyway (a detach
                 // shows there, and ends the agent).
                 match reload(guard, a).await {
@@ -264,7 +301,15 @@ async fn follow(
             }
         };
         match reconcile(guard, &found) {
-            Ok(changes) => out.changes(&changes, guard.state()),
+            Ok(changes) => {
+                out.changes(&changes, guard.state());
+                if !changes.hooked.is_empty() || !changes.unhooked.is_empty() {
+                    // New ports (and VMs) for the drop events' labels.
+                    if let Ok(l) = crate::ports::labels(guard.state()).await {
+                        fanout.set_labels(l);
+                    }
+                }
+            }
             Err(GuardError::NotAttached(_)) => break Stop::Detached,
             Err(e) => out.emit(AgentEvent {
                 event: "failed",

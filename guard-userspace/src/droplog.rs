@@ -15,6 +15,7 @@ use std::{
     fs::{self, File},
     io::{self, Write as _},
     os::unix::fs::MetadataExt as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -251,9 +252,11 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64))> {
     {
         fs::create_dir_all(dir).map_err(err)?;
     }
+    // The lines carry guest and host addresses: readable by root and the adm group only.
     let file = fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .mode(0o640)
         .open(path)
         .map_err(err)?;
     let m = file.metadata().map_err(err)?;

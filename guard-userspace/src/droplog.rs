@@ -252,7 +252,7 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64))> {
     {
         fs::create_dir_all(dir).map_err(err)?;
     }
-    // The lines carry guest and host addresses: readable by root and the adm group only.
+    // The lines carry guest and host addresses: not world-readable.
     let file = fs::OpenOptions::new()
         .append(true)
         .create(true)

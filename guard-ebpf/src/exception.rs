@@ -48,7 +48,8 @@ pub fn may_lift(cfg: Config, outcome: Outcome) -> bool {
 }
 
 /// What an IP packet says about itself, read behind its IP header (`l3`). Ports in network
-/// order; `ports` false when there is no upper-layer header to read them from.
+/// order; `ports` false when there is no upper-layer header to read them from (also for ICMP:
+/// a later IPv4 fragment has no type or identifier, so it is no echo reply).
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub v6: bool,
@@ -89,7 +90,8 @@ pub fn read<F: Frame>(f: &F, l3: usize, v6: bool) -> Option<Packet> {
     } else {
         let h: &Ipv4Hdr = f.at(l3).ok()?;
         let hlen = usize::from(h.vihl & 0x0f) * 4;
-        let first = u16::from_be_bytes(h.frags) & 0x1fff == 0;
+        let fragment_offset = u16::from_be_bytes(h.frags) & 0x1fff;
+        let first = fragment_offset == 0;
         (
             words4(h.src_addr),
             words4(h.dst_addr),
@@ -130,6 +132,8 @@ pub fn read<F: Frame>(f: &F, l3: usize, v6: bool) -> Option<Packet> {
             let i: &[u8; 6] = f.at(l4).ok()?;
             p.flags = i[0];
             p.sport = u16::from_ne_bytes([i[4], i[5]]);
+            // `dport` stays 0: exceptions see no port for ICMP.
+            p.ports = true;
         }
         _ => {}
     }
@@ -208,16 +212,16 @@ fn lookup4(p: &Packet, scope: u32, proto: u8, port: u16) -> u32 {
 
 #[inline(always)]
 fn lookup6(p: &Packet, scope: u32, proto: u8, port: u16) -> u32 {
-    let w = |i: usize| p.dst[i].to_ne_bytes();
-    let (a, b, c, d) = (w(0), w(1), w(2), w(3));
+    let word = |i: usize| p.dst[i].to_ne_bytes();
+    let (w0, w1, w2, w3) = (word(0), word(1), word(2), word(3));
     let data = Exception6 {
         scope,
         proto,
         pad: 0,
         dport: port.to_ne_bytes(),
         addr: [
-            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
-            d[2], d[3],
+            w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
+            w3[0], w3[1], w3[2], w3[3],
         ],
     };
     id_of(EXCEPTIONS_V6.get(Key::new(EXCEPTION_FIXED_BITS + 128, data)))
@@ -235,8 +239,9 @@ pub fn flow_key(p: &Packet, toward_guest: bool) -> Option<FlowKey> {
     };
     let (guest_port, peer_port) = match p.proto {
         IPPROTO_TCP | IPPROTO_UDP if p.ports => (guest_port, peer_port),
-        // Echo: the identifier, carried in `sport` whichever way the packet goes.
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => (p.sport, 0),
+        // Echo: the identifier, carried in `sport` whichever way the packet goes. Without
+        // `ports` (a later fragment) `flags` reads 0, an echo reply's type: no key then.
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if p.ports => (p.sport, 0),
         _ => return None,
     };
     Some(FlowKey {

@@ -5,11 +5,13 @@
 //! sources, so that a differential test between the two finds mistakes in either. It favours
 //! being obviously right over being fast: prefix tables and the FIB are a linear scan, every
 //! "needs `k` bytes at `o`" is a literal bounds check, and step numbers in the comments refer
-//! to the contract (steps 1-9, `R(packet)`, monitor mode).
+//! to the contract (steps 1-10, `R(packet)`, monitor mode).
 //!
 //! The kernel's routing decision `R(packet)` is the one input the model cannot compute from
 //! the frame: the policy carries the FIB as data ([`Policy::routes`] and the flags next to
 //! it), and [`Policy`]'s fields say how each entry maps to the contract's four outcomes.
+//! Step 10's flow table is data too ([`Policy::flows`]); the model has no clock, so a listed
+//! flow is open (within its idle time), and one not listed is not.
 
 use std::net::IpAddr;
 use std::vec::Vec;
@@ -56,6 +58,42 @@ pub enum RouteKind {
     Unsupported,
 }
 
+/// Who an exception holds for (step 10): one ingress interface, or all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Frames that arrive on this ifindex (a port, or `b` on the bridge device's hook).
+    Ifindex(u32),
+    All,
+}
+
+/// One entry of an exception table (step 10): packets to `addr/prefix_len` of protocol
+/// `proto` (0: any) to destination port `dport` (0: any), arriving within `scope`, pass with
+/// `rule_id`. IPv4 entries go to the IPv4 table and IPv6 entries to the IPv6 table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    pub scope: Scope,
+    pub proto: u8,
+    pub dport: u16,
+    pub addr: IpAddr,
+    /// As [`Rule::prefix_len`]: a prefix longer than the family's address never matches.
+    pub prefix_len: u8,
+    /// Never 0 (the contract's exceptions always carry one).
+    pub rule_id: u32,
+}
+
+/// One open flow of step 10's flow table, keyed as the guest's reply sees it: `guest` sends
+/// from `guest_port` to `peer` at `peer_port` (ICMP echo: `guest_port` is the identifier,
+/// `peer_port` 0). The family is the addresses'; `guest` and `peer` of different families
+/// never match a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub guest: IpAddr,
+    pub guest_port: u16,
+    pub peer: IpAddr,
+    pub peer_port: u16,
+    pub proto: u8,
+}
+
 /// Everything the classifier's verdict depends on besides the frame.
 ///
 /// `Default` is a port's hook with the route check off and nothing else set (no host MACs, no
@@ -91,6 +129,17 @@ pub struct Policy {
     /// The kernel reports the egress interface of a next hop without a valid neighbour entry
     /// (Linux 6.3+). Without it such a route gives `out(b)`.
     pub fib_egress_without_neigh: bool,
+    /// Step 10's flags: look exceptions up, let replies to open flows through.
+    pub exceptions: bool,
+    pub replies: bool,
+    /// `i`: the interface the frame arrived on (the port; on the bridge device's hook the
+    /// bridge, `b`). `BPF_PROG_TEST_RUN` gives every program loopback (1).
+    pub ingress_ifindex: u32,
+    /// Both exception tables. Entries with the same scope, protocol, port, family, prefix
+    /// length and masked address: the later wins.
+    pub exception_table: Vec<Exception>,
+    /// The open flows.
+    pub flows: Vec<Flow>,
 }
 
 /// What the classifier decides for one frame.
@@ -99,10 +148,10 @@ pub struct Decision {
     pub drop: bool,
     /// A [`reason`] code.
     pub reason: u32,
-    /// The deny entry the verdict came from (drop or monitor), whose hit counter it bumps; 0
-    /// for every other verdict. The contract names a rule id only for deny verdicts, and the
-    /// kernel reports rule ids only through the deny hit counters, so an allow verdict carries
-    /// none.
+    /// The deny entry the verdict came from (drop or monitor), or the exception that let it
+    /// through, whose hit counter it bumps; 0 for every other verdict. The contract names a
+    /// rule id only for these, and the kernel reports rule ids only through the hit counters,
+    /// so an allow verdict carries none.
     pub rule_id: u32,
 }
 
@@ -134,7 +183,7 @@ impl Decision {
     }
 
     /// Does this verdict bump a rule's hit counter? Exactly the deny-entry verdicts, enforced or
-    /// monitored (contract, "Accounting").
+    /// monitored, and exceptions (contract, "Accounting").
     #[must_use]
     pub const fn counts_rule_hit(&self) -> bool {
         matches!(
@@ -147,6 +196,7 @@ impl Decision {
                 | reason::MONITOR_IPV6
                 | reason::MONITOR_ARP
                 | reason::MONITOR_NDP
+                | reason::EXCEPTION
         )
     }
 }
@@ -203,14 +253,14 @@ impl Frame<'_> {
     }
 }
 
-/// The contract's verdict for `frame`, including monitor mode.
+/// The contract's verdict for `frame`, including step 10 and monitor mode.
 #[must_use]
 pub fn classify(frame: &[u8], tags_stripped: u32, policy: &Policy) -> Decision {
     let d = match classify_enforced(&Frame(frame), tags_stripped, policy) {
         Ok(d) => d,
         Err(Malformed) => Decision::drop(reason::MALFORMED, 0),
     };
-    // Monitor mode.
+    // Monitor mode, after step 10 (which `classify_enforced` applied).
     if d.drop && (policy.monitor || policy.port_monitor) {
         Decision::pass(reason::monitor_of(d.reason), d.rule_id)
     } else {
@@ -218,7 +268,7 @@ pub fn classify(frame: &[u8], tags_stripped: u32, policy: &Policy) -> Decision {
     }
 }
 
-/// Steps 1-9, before monitor mode.
+/// Steps 1-10, before monitor mode.
 fn classify_enforced(f: &Frame<'_>, tags_stripped: u32, policy: &Policy) -> Step<Decision> {
     // Step 1.
     f.needs(0, 14)?;
@@ -252,10 +302,22 @@ fn classify_enforced(f: &Frame<'_>, tags_stripped: u32, policy: &Policy) -> Step
         budget -= 1;
     }
 
-    // Step 4.
+    // Step 4; step 10 looks once more at what steps 5 and 6 (and 8-9 behind them) decided.
     match p {
-        0x0800 => ipv4(f, o, policy),
-        0x86dd => ipv6(f, o, policy),
+        0x0800 => Ok(exceptions_and_replies(
+            f,
+            o,
+            false,
+            ipv4(f, o, policy)?,
+            policy,
+        )),
+        0x86dd => Ok(exceptions_and_replies(
+            f,
+            o,
+            true,
+            ipv6(f, o, policy)?,
+            policy,
+        )),
         0x0806 => arp(f, o, policy),
         _ => Ok(Decision::pass(reason::HOST_PASS, 0)),
     }
@@ -603,6 +665,181 @@ fn route(policy: &Policy, src: IpAddr, dst: IpAddr) -> RouteResult {
         // UNSUPP_LWT.
         Some(RouteKind::Unsupported) => RouteResult::Failed,
     }
+}
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Step 10's reading of the upper layer.
+#[derive(Clone, Copy)]
+enum Upper {
+    /// TCP or UDP with its header in the frame; `flags`: TCP's flags byte (0 for UDP).
+    Ports { sport: u16, dport: u16, flags: u8 },
+    /// ICMP or ICMPv6 with 6 bytes in the frame.
+    Icmp { kind: u8, id: u16 },
+    /// Anything else: a later fragment, another protocol.
+    None,
+}
+
+/// What step 10 reads of an IP packet.
+struct Packet {
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    upper: Upper,
+}
+
+/// Step 10 for the IP packet at `o` (`v6`: IPv6) that steps 5-9 judged `d`.
+fn exceptions_and_replies(
+    f: &Frame<'_>,
+    o: usize,
+    v6: bool,
+    d: Decision,
+    policy: &Policy,
+) -> Decision {
+    if !(policy.exceptions || policy.replies)
+        || !matches!(
+            d.reason,
+            reason::DENY_IPV4 | reason::DENY_IPV6 | reason::DENY_ROUTE | reason::DENY_LOCAL
+        )
+    {
+        return d;
+    }
+    // An upper-layer header cut short: the verdict stands.
+    let Some(p) = packet(f, o, v6) else {
+        return d;
+    };
+    if policy.exceptions
+        && let Some(rule_id) = exception(&p, policy)
+    {
+        return Decision::pass(reason::EXCEPTION, rule_id);
+    }
+    if policy.replies && is_reply(&p, policy) {
+        return Decision::pass(reason::REPLY, 0);
+    }
+    d
+}
+
+/// Step 10's "packet's upper layer"; `None` when the TCP, UDP or ICMP header it needs is
+/// not all in the frame.
+fn packet(f: &Frame<'_>, o: usize, v6: bool) -> Option<Packet> {
+    // Steps 5 and 6 checked the fixed header (and IPv4's `ihl`) before any deny verdict, so
+    // the header bytes read here are in the frame.
+    let (proto, l4, present, src, dst) = if v6 {
+        let src: [u8; 16] = f.bytes(o + 8);
+        let dst: [u8; 16] = f.bytes(o + 24);
+        (
+            f.byte(o + 6),
+            o + 40,
+            true,
+            IpAddr::from(src),
+            IpAddr::from(dst),
+        )
+    } else {
+        let src: [u8; 4] = f.bytes(o + 12);
+        let dst: [u8; 4] = f.bytes(o + 16);
+        let fragment_offset = f.u16(o + 6) & 0x1fff;
+        let l4 = o + 4 * usize::from(f.byte(o) & 0x0f);
+        (
+            f.byte(o + 9),
+            l4,
+            fragment_offset == 0,
+            IpAddr::from(src),
+            IpAddr::from(dst),
+        )
+    };
+    let upper = match proto {
+        IPPROTO_TCP if present => {
+            if !f.has(l4, 14) {
+                return None;
+            }
+            Upper::Ports {
+                sport: f.u16(l4),
+                dport: f.u16(l4 + 2),
+                flags: f.byte(l4 + 13),
+            }
+        }
+        IPPROTO_UDP if present => {
+            if !f.has(l4, 4) {
+                return None;
+            }
+            Upper::Ports {
+                sport: f.u16(l4),
+                dport: f.u16(l4 + 2),
+                flags: 0,
+            }
+        }
+        IPPROTO_ICMP | NH_ICMPV6 if present => {
+            if !f.has(l4, 6) {
+                return None;
+            }
+            Upper::Icmp {
+                kind: f.byte(l4),
+                id: f.u16(l4 + 4),
+            }
+        }
+        _ => Upper::None,
+    };
+    Some(Packet {
+        proto,
+        src,
+        dst,
+        upper,
+    })
+}
+
+/// Step 10's exceptions: the rule id of the first entry found, in the contract's order.
+fn exception(p: &Packet, policy: &Policy) -> Option<u32> {
+    let dport = match p.upper {
+        Upper::Ports { dport, .. } => dport,
+        Upper::Icmp { .. } | Upper::None => 0,
+    };
+    let i = Scope::Ifindex(policy.ingress_ifindex);
+    [
+        (i, p.proto, dport),
+        (i, p.proto, 0),
+        (i, 0, 0),
+        (Scope::All, p.proto, dport),
+        (Scope::All, p.proto, 0),
+        (Scope::All, 0, 0),
+    ]
+    .into_iter()
+    .find_map(|(scope, proto, port)| {
+        let table: Vec<Exception> = policy
+            .exception_table
+            .iter()
+            .filter(|e| e.scope == scope && e.proto == proto && e.dport == port)
+            .copied()
+            .collect();
+        longest_match(&table, p.dst, |e| (e.addr, e.prefix_len)).map(|e| e.rule_id)
+    })
+}
+
+/// Step 10's replies: is the packet a reply, and its flow open?
+fn is_reply(p: &Packet, policy: &Policy) -> bool {
+    // The key as (guest address, guest port, peer address, peer port).
+    let key = match p.upper {
+        Upper::Ports { flags, .. }
+            if p.proto == IPPROTO_TCP && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 =>
+        {
+            None
+        }
+        Upper::Ports { sport, dport, .. } => Some((p.src, sport, p.dst, dport)),
+        Upper::Icmp { kind: 0, id } if p.proto == IPPROTO_ICMP => Some((p.src, id, p.dst, 0)),
+        Upper::Icmp { kind: 129, id } if p.proto == NH_ICMPV6 => Some((p.src, id, p.dst, 0)),
+        Upper::Icmp { .. } | Upper::None => None,
+    };
+    key.is_some_and(|(guest, guest_port, peer, peer_port)| {
+        policy.flows.contains(&Flow {
+            guest,
+            guest_port,
+            peer,
+            peer_port,
+            proto: p.proto,
+        })
+    })
 }
 
 /// Does the first `prefix_len` bits of `a` equal those of `b`?
@@ -1153,6 +1390,261 @@ mod tests {
             reason::MALFORMED,
             0,
         );
+    }
+
+    fn exception(
+        scope: Scope,
+        proto: u8,
+        dport: u16,
+        addr: &str,
+        prefix_len: u8,
+        rule_id: u32,
+    ) -> Exception {
+        Exception {
+            scope,
+            proto,
+            dport,
+            addr: addr.parse().expect("test address"),
+            prefix_len,
+            rule_id,
+        }
+    }
+
+    /// A TCP header from `sport` to `dport` with `flags`.
+    fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = flags;
+        t
+    }
+
+    fn udp_from(sport: u16, dport: u16) -> Vec<u8> {
+        let mut u = udp(dport);
+        u[0..2].copy_from_slice(&sport.to_be_bytes());
+        u
+    }
+
+    fn step10() -> Policy {
+        Policy {
+            exceptions: true,
+            replies: true,
+            ingress_ifindex: 3,
+            exception_table: vec![
+                // The port's own, with a short prefix, and one for all with a longer one.
+                exception(Scope::Ifindex(3), 6, 3260, "10.0.0.0", 8, 101),
+                exception(Scope::All, 6, 3260, "10.0.0.1", 32, 102),
+                exception(Scope::Ifindex(4), 0, 0, "10.0.0.0", 8, 103),
+                exception(Scope::All, 17, 0, "10.0.0.0", 16, 104),
+                exception(Scope::All, 0, 0, "fd00::", 16, 105),
+                // Not a valid IPv4 prefix: never matches.
+                exception(Scope::All, 0, 0, "10.0.0.0", 33, 106),
+            ],
+            flows: vec![
+                Flow {
+                    guest: "192.168.0.2".parse().expect("addr"),
+                    guest_port: 22,
+                    peer: "10.9.0.1".parse().expect("addr"),
+                    peer_port: 50000,
+                    proto: 6,
+                },
+                Flow {
+                    guest: "192.168.0.2".parse().expect("addr"),
+                    guest_port: 7,
+                    peer: "10.9.0.1".parse().expect("addr"),
+                    peer_port: 0,
+                    proto: 1,
+                },
+            ],
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn exceptions_in_their_order() {
+        let p = step10();
+        let to = |dst: &str, proto: u8, frag: u16, payload: &[u8]| {
+            ipv4_with(HOST, v4(dst), proto, frag, &[], payload)
+        };
+        // The port's scope comes first, whatever the prefix lengths.
+        check(
+            &to("10.0.0.1", 6, 0, &tcp(1, 3260, 2)),
+            &p,
+            false,
+            reason::EXCEPTION,
+            101,
+        );
+        check(
+            &to("10.0.0.1", 6, 0, &tcp(1, 3261, 2)),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        // Another port's scope never matches; UDP any port (all).
+        check(
+            &to("10.0.5.1", 17, 0, &udp(9)),
+            &p,
+            false,
+            reason::EXCEPTION,
+            104,
+        );
+        check(
+            &to("10.1.5.1", 17, 0, &udp(9)),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        // A later fragment has no ports: only protocol-wide entries match.
+        check(
+            &to("10.0.0.1", 6, 3, &[0; 20]),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        check(
+            &to("10.0.0.1", 17, 3, &[0; 8]),
+            &p,
+            false,
+            reason::EXCEPTION,
+            104,
+        );
+        // A TCP header cut short: the verdict stands, even for a protocol-wide entry.
+        check(
+            &to("10.0.0.1", 17, 0, &[0; 3]),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+    }
+
+    #[test]
+    fn exceptions_for_ipv6_off_and_monitored() {
+        let p = step10();
+        let to = |dst: &str, proto: u8, frag: u16, payload: &[u8]| {
+            ipv4_with(HOST, v4(dst), proto, frag, &[], payload)
+        };
+        // IPv6: proto any; the fixed header's next header is the protocol.
+        let v6p = ipv6(HOST, v6("fd00::1"), 17, &[], &udp(9));
+        check(&v6p, &p, false, reason::EXCEPTION, 105);
+        // Off: the entries are not looked at. Monitor keeps the exception.
+        check(
+            &to("10.0.0.1", 6, 0, &tcp(1, 3260, 2)),
+            &Policy {
+                exceptions: false,
+                replies: false,
+                ..step10()
+            },
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        let monitored = Policy {
+            monitor: true,
+            ..step10()
+        };
+        check(
+            &to("10.0.0.1", 6, 0, &tcp(1, 3260, 2)),
+            &monitored,
+            false,
+            reason::EXCEPTION,
+            101,
+        );
+        assert!(classify(&to("10.0.0.1", 6, 0, &tcp(1, 3260, 2)), 0, &p).counts_rule_hit());
+        // Never lifted: source routes, malformed frames.
+        let lsrr = ipv4_with(
+            HOST,
+            v4("8.8.8.8"),
+            6,
+            0,
+            &[0x83, 7, 4, 10, 0, 0, 1, 0],
+            &tcp(1, 3260, 2),
+        );
+        check(
+            &lsrr,
+            &Policy {
+                route_check: false,
+                ..p.clone()
+            },
+            true,
+            reason::DENY_SRCROUTE,
+            0,
+        );
+        check(
+            &to("10.0.0.1", 6, 0, &tcp(1, 3260, 2))[..30],
+            &p,
+            true,
+            reason::MALFORMED,
+            0,
+        );
+    }
+
+    #[test]
+    fn replies_to_open_flows() {
+        let p = step10();
+        let to =
+            |proto: u8, payload: &[u8]| ipv4_with(HOST, v4("10.9.0.1"), proto, 0, &[], payload);
+        check(&to(6, &tcp(22, 50000, 0x12)), &p, false, reason::REPLY, 0);
+        check(&to(6, &tcp(22, 50000, 0x10)), &p, false, reason::REPLY, 0);
+        check(
+            &to(6, &tcp(22, 50000, 0x02)),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        check(
+            &to(6, &tcp(22, 50001, 0x10)),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        check(
+            &to(17, &udp_from(22, 50000)),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        check(
+            &to(1, &[0, 0, 0, 0, 0, 7, 0, 1]),
+            &p,
+            false,
+            reason::REPLY,
+            0,
+        );
+        check(
+            &to(1, &[8, 0, 0, 0, 0, 7, 0, 1]),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        check(
+            &to(1, &[0, 0, 0, 0, 0, 8, 0, 1]),
+            &p,
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        check(
+            &to(6, &tcp(22, 50000, 0x12)),
+            &Policy {
+                replies: false,
+                ..step10()
+            },
+            true,
+            reason::DENY_IPV4,
+            1,
+        );
+        // A later fragment carries no echo identifier.
+        let frag = ipv4_with(HOST, v4("10.9.0.1"), 1, 9, &[], &[0, 0, 0, 0, 0, 7, 0, 1]);
+        check(&frag, &p, true, reason::DENY_IPV4, 1);
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub fn may_lift(cfg: Config, outcome: Outcome) -> bool {
 }
 
 /// What an IP packet says about itself, read behind its IP header (`l3`). Ports in network
-/// order; `ports` false when there is no upper-layer header to read them from.
+/// order; `ports` false when there is no upper-layer header to read them from (also for ICMP:
+/// a later IPv4 fragment has no type or identifier, so it is no echo reply).
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub v6: bool,
@@ -132,6 +133,8 @@ pub fn read<F: Frame>(f: &F, l3: usize, v6: bool) -> Option<Packet> {
             let i: &[u8; 6] = f.at(l4).ok()?;
             p.flags = i[0];
             p.sport = u16::from_ne_bytes([i[4], i[5]]);
+            // `dport` stays 0: exceptions see no port for ICMP.
+            p.ports = true;
         }
         _ => {}
     }
@@ -234,8 +237,9 @@ pub fn flow_key(p: &Packet, toward_guest: bool) -> Option<FlowKey> {
     };
     let (guest_port, peer_port) = match p.proto {
         IPPROTO_TCP | IPPROTO_UDP if p.ports => (guest_port, peer_port),
-        // Echo: the identifier, carried in `sport` whichever way the packet goes.
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => (p.sport, 0),
+        // Echo: the identifier, carried in `sport` whichever way the packet goes. Without
+        // `ports` (a later fragment) `flags` reads 0, an echo reply's type: no key then.
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if p.ports => (p.sport, 0),
         _ => return None,
     };
     Some(FlowKey {

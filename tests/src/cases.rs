@@ -3,23 +3,28 @@
 //! them against the reference model and guard's programs (`BPF_PROG_TEST_RUN`) with exact
 //! counter deltas.
 //!
+//! Step 10 (exceptions and replies) has its own policies ([`Setup::Step10`] and its
+//! variants): [`step10_policy`] adds exceptions and open flows to the base policy.
+//!
 //! Shared by tests/tests/datapath.rs (on the build host, release and debug objects) and
 //! `guard-vmcheck matrix` (inside the test VMs, on other kernels).
 
 use std::net::Ipv6Addr;
 
 use anyhow::{Context as _, Result};
-use guard_common::model::{Decision, Policy, Rule, classify};
+use guard_common::model::{Decision, Exception, Flow, Policy, Rule, Scope, classify};
 use guard_common::{
     ACTION_ALLOW, ACTION_DENY, CLASS_GUEST_NETWORK, CLASS_HOST, CLASS_MANAGEMENT, CLASS_STORAGE,
     reason,
 };
 
-use crate::datapath::{Datapath, Hook, MIN_FRAME, expected_run, hex, skb_test_run_refuses};
+use crate::datapath::{
+    Datapath, Hook, MIN_FRAME, TEST_IFINDEX, expected_run, hex, skb_test_run_refuses,
+};
 use crate::packet::{
     Arp, BROADCAST, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ETH_P_LLDP, Eth, Ext,
-    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_ROUTING, IPPROTO_TCP,
-    IPPROTO_UDP, Ipv4, Ipv6, ipv6_multicast_mac, solicited_node,
+    IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_ROUTING,
+    IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6, ipv6_multicast_mac, solicited_node,
 };
 use crate::route_world;
 
@@ -103,8 +108,92 @@ pub fn base_policy() -> Policy {
             rule("172.16.0.0", 24, ACTION_ALLOW, 10, CLASS_GUEST_NETWORK),
             rule("2001:db8:50::", 64, ACTION_ALLOW, 11, CLASS_GUEST_NETWORK),
         ],
+        ingress_ifindex: TEST_IFINDEX,
         ..Policy::default()
     })
+}
+
+/// Another port's ifindex, for exceptions scoped to it (never a test run's).
+pub const OTHER_PORT: u32 = 7;
+/// A guest's ports and echo identifiers of the open flows of [`step10_policy`].
+pub const GUEST_SSH: u16 = 22;
+pub const PEER_PORT: u16 = 50000;
+pub const GUEST_UDP: u16 = 5353;
+pub const ECHO_ID: u16 = 77;
+pub const ECHO_ID_V6: u16 = 9;
+
+#[must_use]
+pub fn exception(
+    scope: Scope,
+    proto: u8,
+    dport: u16,
+    addr: &str,
+    prefix_len: u8,
+    rule_id: u32,
+) -> Exception {
+    Exception {
+        scope,
+        proto,
+        dport,
+        addr: addr.parse().expect("test address"),
+        prefix_len,
+        rule_id,
+    }
+}
+
+#[must_use]
+pub fn flow(guest: &str, guest_port: u16, peer: &str, peer_port: u16, proto: u8) -> Flow {
+    Flow {
+        guest: guest.parse().expect("test address"),
+        guest_port,
+        peer: peer.parse().expect("test address"),
+        peer_port,
+        proto,
+    }
+}
+
+/// The base policy with step 10 on: exceptions over the denied prefixes and the route
+/// check's denials, and flows the protected side started toward the guest.
+#[must_use]
+pub fn step10_policy() -> Policy {
+    let here = Scope::Ifindex(TEST_IFINDEX);
+    let all = Scope::All;
+    let (tcp, udp) = (IPPROTO_TCP, IPPROTO_UDP);
+    Policy {
+        exceptions: true,
+        replies: true,
+        exception_table: vec![
+            // iSCSI from this port to storage; the port's scope comes first.
+            exception(here, tcp, 3260, "10.0.0.0", 8, 101),
+            exception(all, udp, 53, "192.168.100.0", 24, 102),
+            exception(Scope::Ifindex(OTHER_PORT), 0, 0, "10.1.3.0", 24, 103),
+            exception(all, udp, 2049, "fd00::", 16, 104),
+            exception(all, 0, 0, "fd00:1:0:1::", 64, 105),
+            exception(all, tcp, 443, "198.18.0.0", 16, 106),
+            exception(all, 0, 0, "192.0.2.1", 32, 107),
+            exception(all, 0, 0, "172.16.0.1", 32, 108),
+            exception(all, 0, 0, "10.1.2.200", 32, 109),
+            exception(here, tcp, 0, "192.168.100.0", 24, 110),
+            exception(here, tcp, 22, "2001:db8:300::", 48, 111),
+        ],
+        flows: vec![
+            flow("172.16.0.10", GUEST_SSH, "10.0.0.1", PEER_PORT, tcp),
+            flow("172.16.0.10", GUEST_UDP, "198.18.5.5", 40000, udp),
+            flow("172.16.0.10", ECHO_ID, "10.0.0.1", 0, IPPROTO_ICMP),
+            flow(
+                "2001:db8:50::10",
+                ECHO_ID_V6,
+                "2001:db8:300::5",
+                0,
+                IPPROTO_ICMPV6,
+            ),
+            // Both an exception (101) and a flow: the exception comes first.
+            flow("172.16.0.10", GUEST_SSH, "10.0.0.1", 3260, tcp),
+            // Echo identifier 0: what a later fragment (no ICMP header) must not be taken for.
+            flow("172.16.0.10", 0, "192.168.100.7", 0, IPPROTO_ICMP),
+        ],
+        ..base_policy()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,28 +206,47 @@ pub enum Setup {
     NoRouteCheck,
     /// Tunnels to the host let through.
     AllowTunnels,
+    /// Step 10: exceptions and replies on ([`step10_policy`]).
+    Step10,
+    /// The same tables, only exceptions on.
+    ExceptionsOnly,
+    /// The same tables, only replies on.
+    RepliesOnly,
+    /// Step 10 and the global monitor flag.
+    Step10Monitor,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 6] = [
+    pub const ALL: [Setup; 10] = [
         Setup::Base,
         Setup::Strict,
         Setup::Monitor,
         Setup::PortMonitor,
         Setup::NoRouteCheck,
         Setup::AllowTunnels,
+        Setup::Step10,
+        Setup::ExceptionsOnly,
+        Setup::RepliesOnly,
+        Setup::Step10Monitor,
     ];
 
     #[must_use]
     pub fn policy(self) -> Policy {
-        let mut p = base_policy();
+        let mut p = match self {
+            Setup::Step10 | Setup::ExceptionsOnly | Setup::RepliesOnly | Setup::Step10Monitor => {
+                step10_policy()
+            }
+            _ => base_policy(),
+        };
         match self {
-            Setup::Base => {}
+            Setup::Base | Setup::Step10 => {}
             Setup::Strict => p.strict_mac = true,
-            Setup::Monitor => p.monitor = true,
+            Setup::Monitor | Setup::Step10Monitor => p.monitor = true,
             Setup::PortMonitor => p.port_monitor = true,
             Setup::NoRouteCheck => p.route_check = false,
             Setup::AllowTunnels => p.allow_tunnels = true,
+            Setup::ExceptionsOnly => p.replies = false,
+            Setup::RepliesOnly => p.exceptions = false,
         }
         p
     }
@@ -206,9 +314,10 @@ pub fn hbh() -> Ext {
 pub fn cases() -> Vec<Case> {
     use Setup::{Base, Monitor, PortMonitor, Strict};
     use Setup::{AllowTunnels, NoRouteCheck};
+    use Setup::{ExceptionsOnly, RepliesOnly, Step10, Step10Monitor};
     use reason::{
         ALLOW, DENY_ARP, DENY_IPV4, DENY_IPV6, DENY_LOCAL, DENY_NDP, DENY_ROUTE, DENY_SRCROUTE,
-        DENY_TUNNEL, HOST_PASS, MALFORMED, MONITOR_ARP, MONITOR_IPV4, MONITOR_IPV6, MONITOR_LOCAL,
+        DENY_TUNNEL, EXCEPTION, HOST_PASS, MALFORMED, REPLY, MONITOR_ARP, MONITOR_IPV4, MONITOR_IPV6, MONITOR_LOCAL,
         MONITOR_MALFORMED, MONITOR_NDP, MONITOR_ROUTE, MONITOR_SRCROUTE, MONITOR_TUNNEL, NOT_HOST,
     };
     // A connected route of the protected interface has no neighbour entry: kernels before 6.3
@@ -236,6 +345,11 @@ pub fn cases() -> Vec<Case> {
         rule_id,
     };
     let arp_req = |spa: [u8; 4], tpa: [u8; 4]| to(BROADCAST).arp(Arp::request(GUEST_MAC, spa, tpa));
+    let tcp4 = |dst: [u8; 4], sport, dport, flags| to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, dst).tcp(sport, dport, flags));
+    // An ICMP echo reply (type 0) with identifier `id`; the datapath reads no checksum.
+    let echo_reply4 = |dst: [u8; 4], id: u16| { let [hi, lo] = id.to_be_bytes(); to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, dst).payload(IPPROTO_ICMP, &[0, 0, 0, 0, hi, lo, 0, 1])) };
+    let later_fragment4 = |dst: [u8; 4], proto: u8| to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, dst).payload(proto, &[0; 16]).fragment(185, false));
+    let (syn, syn_ack, ack) = (0x02, 0x12, 0x10);
     let seven: Vec<Ext> = (0..7).map(|_| hbh()).collect();
     let six: Vec<Ext> = (0..6).map(|_| hbh()).collect();
     vec![
@@ -444,6 +558,50 @@ pub fn cases() -> Vec<Case> {
         c("monitor_local", to(BRIDGE_MAC).ipv6(udp6("2001:db8:1::1")), Monitor, false, MONITOR_LOCAL, 0),
         c("monitor_tunnel", to(BRIDGE_MAC).ipv4(vxlan4(BRIDGE_V4)), PortMonitor, false, MONITOR_TUNNEL, 0),
         c("monitor_srcroute", to(BRIDGE_MAC).ipv4(lsrr(BRIDGE_V4)), Monitor, false, MONITOR_SRCROUTE, 0),
+        // Step 10, exceptions: scope, protocol and port, then the address by prefix.
+        c("exc_port_scope_tcp_port", tcp4(STORAGE, 40000, 3260, syn), Step10, false, EXCEPTION, 101),
+        c("exc_neighbour_port_denied", tcp4(STORAGE, 40000, 3261, syn), Step10, true, DENY_IPV4, 1),
+        c("exc_udp_same_port_denied", to(BRIDGE_MAC).ipv4(udp4(STORAGE)), Step10, true, DENY_IPV4, 1),
+        c("exc_all_scope_udp_port", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, MGMT_NET).udp(40000, 53, b"dns?")), Step10, false, EXCEPTION, 102),
+        c("exc_other_port_scope_denied", to(BRIDGE_MAC).ipv4(udp4(NEAR_HOLE)), Step10, true, DENY_IPV4, 1),
+        c("exc_proto_any_tcp", tcp4(DENY_IN_HOLE, 40000, 80, syn), Step10, false, EXCEPTION, 109),
+        c("exc_proto_any_icmp", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, DENY_IN_HOLE).icmp_echo(1, 1)), Step10, false, EXCEPTION, 109),
+        c("exc_tcp_any_port", tcp4(MGMT_NET, 40000, 8080, syn), Step10, false, EXCEPTION, 110),
+        c("exc_tcp_any_port_udp_denied", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, MGMT_NET).udp(40000, 8080, b"x")), Step10, true, DENY_IPV4, 4),
+        c("exc_later_fragment_proto_entry", later_fragment4(MGMT_NET, IPPROTO_TCP), Step10, false, EXCEPTION, 110),
+        c("exc_later_fragment_port_entry_denied", later_fragment4(STORAGE, IPPROTO_TCP), Step10, true, DENY_IPV4, 1),
+        c("exc_later_fragment_proto_any", later_fragment4(DENY_IN_HOLE, IPPROTO_UDP), Step10, false, EXCEPTION, 109),
+        c("exc_ipv6_udp_port", to(BRIDGE_MAC).ipv6(udp6("fd00::1")), Step10, false, EXCEPTION, 104),
+        c("exc_ipv6_ext_header_port_entry_denied", to(BRIDGE_MAC).ipv6(udp6("fd00::1").hop_by_hop()), Step10, true, DENY_IPV6, 6),
+        c("exc_ipv6_ext_header_proto_any", to(BRIDGE_MAC).ipv6(udp6("fd00:1:0:1::9").hop_by_hop()), Step10, false, EXCEPTION, 105),
+        c("exc_lifts_deny_route", tcp4(ROUTED_PROT, 40000, 443, syn), Step10, false, EXCEPTION, 106),
+        c("exc_lifts_deny_local", to(BRIDGE_MAC).ipv4(udp4(LOCAL_LO)), Step10, false, EXCEPTION, 107),
+        c("exc_ipv6_lifts_deny_route", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:300::5")).tcp(40000, 22, syn)), Step10, false, EXCEPTION, 111),
+        c("exc_ipv6_other_port_deny_route", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:300::5")).tcp(40000, 23, syn)), Step10, true, DENY_ROUTE, 0),
+        c("exc_tcp_header_cut_short_denied", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, DENY_IN_HOLE).payload(IPPROTO_TCP, &[0x9c, 0x40, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0, 0x50])), Step10, true, DENY_IPV4, 3),
+        c("exc_not_tunnel", to(BRIDGE_MAC).ipv4(vxlan4(BRIDGE_V4)), Step10, true, DENY_TUNNEL, 0),
+        c("exc_not_srcroute", to(BRIDGE_MAC).ipv4(lsrr(LOCAL_LO)), Step10, true, DENY_SRCROUTE, 0),
+        c("exc_not_arp", arp_req(GUEST_V4, DENY_IN_HOLE), Step10, true, DENY_ARP, 3),
+        c("exc_not_malformed", to(BRIDGE_MAC).ipv4(udp4(DENY_IN_HOLE).tot_len(1000)), Step10, true, MALFORMED, 0),
+        c("exc_flag_off_entries_present", tcp4(STORAGE, 40000, 3260, syn), RepliesOnly, true, DENY_IPV4, 1),
+        c("exc_monitor_stays_exception", tcp4(STORAGE, 40000, 3260, syn), Step10Monitor, false, EXCEPTION, 101),
+        c("exc_monitor_no_match_monitored", tcp4(STORAGE, 40000, 3261, syn), Step10Monitor, false, MONITOR_IPV4, 1),
+        // Step 10, replies to flows the protected side started.
+        c("reply_tcp_syn_ack", tcp4(STORAGE, GUEST_SSH, PEER_PORT, syn_ack), Step10, false, REPLY, 0),
+        c("reply_tcp_ack", tcp4(STORAGE, GUEST_SSH, PEER_PORT, ack), Step10, false, REPLY, 0),
+        c("reply_tcp_syn_not_reply", tcp4(STORAGE, GUEST_SSH, PEER_PORT, syn), Step10, true, DENY_IPV4, 1),
+        c("reply_tcp_other_peer_port", tcp4(STORAGE, GUEST_SSH, PEER_PORT + 1, ack), Step10, true, DENY_IPV4, 1),
+        c("reply_udp_lifts_deny_route", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, ROUTED_PROT).udp(GUEST_UDP, 40000, b"answer")), Step10, false, REPLY, 0),
+        c("reply_udp_key_is_not_tcp", tcp4(ROUTED_PROT, GUEST_UDP, 40000, ack), Step10, true, DENY_ROUTE, 0),
+        c("reply_icmp_echo_reply", echo_reply4(STORAGE, ECHO_ID), Step10, false, REPLY, 0),
+        c("reply_icmp_echo_request_not_reply", to(BRIDGE_MAC).ipv4(Ipv4::new(GUEST_V4, STORAGE).icmp_echo(ECHO_ID, 1)), Step10, true, DENY_IPV4, 1),
+        c("reply_icmp_other_id", echo_reply4(STORAGE, ECHO_ID + 1), Step10, true, DENY_IPV4, 1),
+        c("reply_icmp_later_fragment_not_reply", later_fragment4(MGMT_NET, IPPROTO_ICMP), Step10, true, DENY_IPV4, 4),
+        c("reply_icmpv6_echo_reply", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:300::5")).icmpv6(129, 0, &[0, 9, 0, 1])), Step10, false, REPLY, 0),
+        c("reply_icmpv6_echo_request_not_reply", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:300::5")).icmpv6(128, 0, &[0, 9, 0, 1])), Step10, true, DENY_ROUTE, 0),
+        c("reply_flag_off", tcp4(STORAGE, GUEST_SSH, PEER_PORT, syn_ack), ExceptionsOnly, true, DENY_IPV4, 1),
+        c("reply_monitor_stays_reply", tcp4(STORAGE, GUEST_SSH, PEER_PORT, ack), Step10Monitor, false, REPLY, 0),
+        c("reply_exception_first", tcp4(STORAGE, GUEST_SSH, 3260, ack), Step10, false, EXCEPTION, 101),
     ]
 }
 

@@ -4,13 +4,22 @@
 //! disk) without pinning anything, loads `guard_xdp` and `guard_tc` without attaching them, and
 //! fills the maps from a [`model::Policy`], so one policy drives both the kernel and the
 //! reference model. Every load gets fresh maps: no state leaks from one policy to the next.
+//! It can load `guard_reply` too ([`Hook::Reply`]), whose only output is what it writes into
+//! `GUARD_FLOWS` ([`Datapath::flows`]).
 //!
 //! The kernel runs both test-run flavours on the loopback device of the caller's network
 //! namespace: `bpf_prog_test_run_xdp` uses loopback's rx queue (so `ingress_ifindex` is 1) and
 //! `bpf_prog_test_run_skb` sets `skb->dev` to loopback (so `__sk_buff.ifindex` is 1). The harness
 //! therefore registers ifindex [`TEST_IFINDEX`] as port slot [`PORT_SLOT`], and a correct
 //! program counts every frame in slot 1. Slot 0 (unregistered ports) is read too, so a frame
-//! counted in the wrong slot shows up as a delta there.
+//! counted in the wrong slot shows up as a delta there. The same ifindex is the ingress
+//! interface `i` of step 10 (exceptions scoped to a port), for the bridge device's hook too:
+//! [`Policy::ingress_ifindex`] must be [`TEST_IFINDEX`] when the policy has exceptions
+//! (checked at load).
+//!
+//! The model has no clock: a flow it lists is open. The harness writes each flow with the
+//! current `CLOCK_MONOTONIC` time (`bpf_ktime_get_ns`'s clock), and a long run calls
+//! [`Datapath::refresh_flows`] well within the shortest idle time (ICMP's 30 s).
 //!
 //! The route check looks routes up in that same namespace: every run happens from a thread
 //! that [`route_world::enter`](crate::route_world::enter) moved into the routing world whose
@@ -26,16 +35,17 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use guard_common::mac::MacTable;
-use guard_common::model::Policy;
+use guard_common::model::{Exception, Flow, Policy, Scope};
 use guard_common::{
-    Counter, GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_FIB_SKIP_NEIGH, GLOBAL_FLAG_MONITOR,
-    GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_STRICT_MAC, GlobalConfig, MAX_RULES,
-    PORT_FLAG_EGRESS_OK, PORT_FLAG_MONITOR, PortConfig, PortSet, RuleValue, counter_index,
-    map_names, program_names, reason,
+    ACTION_ALLOW, Counter, EXCEPTION_FIXED_BITS, Exception4, Exception6, FlowKey, FlowValue,
+    GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_EXCEPTIONS, GLOBAL_FLAG_FIB_SKIP_NEIGH,
+    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_REPLIES, GLOBAL_FLAG_STRICT_MAC,
+    GlobalConfig, MAX_RULES, PORT_FLAG_EGRESS_OK, PORT_FLAG_MONITOR, PortConfig, PortSet,
+    RuleValue, SCOPE_ALL, counter_index, map_names, program_names, reason,
 };
 
 use crate::route_world;
@@ -82,6 +92,9 @@ pub enum Hook {
     Tc,
     /// The bridge device's TC program (every frame host-bound).
     Bridge,
+    /// The bridge device's TC egress program that records flows (`guard_reply`): always
+    /// `TC_ACT_OK`, judged by what it writes into `GUARD_FLOWS`. In none of the lists below.
+    Reply,
 }
 
 impl Hook {
@@ -95,13 +108,14 @@ impl Hook {
             Hook::Xdp => program_names::XDP,
             Hook::Tc => program_names::TC,
             Hook::Bridge => program_names::BRIDGE,
+            Hook::Reply => program_names::REPLY,
         }
     }
 
     /// Is it a TC program (an skb test run, with its refusals)?
     #[must_use]
     pub const fn is_tc(self) -> bool {
-        matches!(self, Hook::Tc | Hook::Bridge)
+        matches!(self, Hook::Tc | Hook::Bridge | Hook::Reply)
     }
 
     /// The policy the reference model judges this hook's frames with.
@@ -200,17 +214,21 @@ impl Datapath {
             // aya's load error carries the verifier log in its message.
             let loaded = match hook {
                 Hook::Xdp => <&mut Xdp>::try_from(program)?.load(),
-                Hook::Tc | Hook::Bridge => <&mut SchedClassifier>::try_from(program)?.load(),
+                Hook::Tc | Hook::Bridge | Hook::Reply => {
+                    <&mut SchedClassifier>::try_from(program)?.load()
+                }
             };
             loaded.with_context(|| format!("verifier rejected {name}"))?;
         }
         fill_maps(&mut ebpf, policy)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, map_names::COUNTERS)?)?;
         let hits = Array::try_from(take_map(&mut ebpf, map_names::RULE_HITS)?)?;
+        // Deny rules and exceptions: both have hit counters.
         let rule_ids: BTreeSet<u32> = policy
             .rules
             .iter()
             .map(|r| r.rule_id)
+            .chain(policy.exception_table.iter().map(|e| e.rule_id))
             .filter(|id| *id != 0 && *id < MAX_RULES)
             .collect();
         Ok(Self {
@@ -259,6 +277,25 @@ impl Datapath {
         self.ebpf
             .program(hook.name())
             .ok_or_else(|| anyhow!("no program {}", hook.name()))
+    }
+
+    /// Every entry of `GUARD_FLOWS` (the flow table of step 10), in no particular order.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let map = self
+            .ebpf
+            .map(map_names::FLOWS)
+            .ok_or_else(|| anyhow!("no map {} in the object", map_names::FLOWS))?;
+        let flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(map)?;
+        flows
+            .iter()
+            .map(|e| e.context("reading GUARD_FLOWS"))
+            .collect()
+    }
+
+    /// Writes `policy`'s flows again with the current time, so that none reaches its idle
+    /// time during a run longer than the shortest of them (the model knows no time).
+    pub fn refresh_flows(&mut self, policy: &Policy) -> Result<()> {
+        write_flows(&mut self.ebpf, &policy.flows)
     }
 
     /// Reads every counter of slots 0 and [`PORT_SLOT`] and the policy's rule hit counters.
@@ -314,7 +351,9 @@ impl Datapath {
             .ok_or_else(|| anyhow!("no program {}", hook.name()))?;
         let result = match hook {
             Hook::Xdp => <&Xdp>::try_from(program)?.test_run(opts),
-            Hook::Tc | Hook::Bridge => <&SchedClassifier>::try_from(program)?.test_run(opts),
+            Hook::Tc | Hook::Bridge | Hook::Reply => {
+                <&SchedClassifier>::try_from(program)?.test_run(opts)
+            }
         };
         result.with_context(|| format!("BPF_PROG_TEST_RUN of {}", hook.name()))
     }
@@ -332,8 +371,16 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
 
 /// Writes `policy` into the freshly loaded (all-zero) maps.
 fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
+    // Only exceptions read `i`; a policy without them may leave it unset.
+    ensure!(
+        policy.ingress_ifindex == TEST_IFINDEX || policy.exception_table.is_empty(),
+        "the policy's ingress ifindex is {}, but every test run arrives on {TEST_IFINDEX}",
+        policy.ingress_ifindex
+    );
     let mut flags = 0;
     for (on, flag) in [
+        (policy.exceptions, GLOBAL_FLAG_EXCEPTIONS),
+        (policy.replies, GLOBAL_FLAG_REPLIES),
         (policy.strict_mac, GLOBAL_FLAG_STRICT_MAC),
         (policy.monitor, GLOBAL_FLAG_MONITOR),
         (policy.allow_tunnels, GLOBAL_FLAG_ALLOW_TUNNELS),
@@ -424,6 +471,104 @@ fn fill_maps(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
                     .with_context(|| format!("inserting {a}/{prefix_len}"))?;
             }
         }
+    }
+    for e in &policy.exception_table {
+        write_exception(ebpf, e)?;
+    }
+    write_flows(ebpf, &policy.flows)
+}
+
+/// One exception into `GUARD_EXC_V4`/`V6`, as userspace will write it: an allow value, the
+/// key's prefix length counting the fixed part (scope, protocol, port) too.
+fn write_exception(ebpf: &mut Ebpf, e: &Exception) -> Result<()> {
+    ensure!(
+        e.rule_id != 0,
+        "exception {e:?}: rule id 0 (the contract never has one)"
+    );
+    let scope = match e.scope {
+        Scope::All => SCOPE_ALL,
+        Scope::Ifindex(i) => {
+            ensure!(i != SCOPE_ALL, "exception {e:?}: ifindex 0 would mean all");
+            i
+        }
+    };
+    let value = RuleValue {
+        rule_id: e.rule_id,
+        action: ACTION_ALLOW,
+        class: 0,
+    };
+    let prefix_len = EXCEPTION_FIXED_BITS + u32::from(e.prefix_len);
+    let dport = e.dport.to_be_bytes();
+    match e.addr {
+        IpAddr::V4(a) => {
+            let mut trie: LpmTrie<_, Exception4, RuleValue> =
+                LpmTrie::try_from(map_mut(ebpf, map_names::EXCEPTIONS_V4)?)?;
+            let data = Exception4 {
+                scope,
+                proto: e.proto,
+                pad: 0,
+                dport,
+                addr: a.octets(),
+            };
+            trie.insert(&Key::new(prefix_len, data), value, 0)
+        }
+        IpAddr::V6(a) => {
+            let mut trie: LpmTrie<_, Exception6, RuleValue> =
+                LpmTrie::try_from(map_mut(ebpf, map_names::EXCEPTIONS_V6)?)?;
+            let data = Exception6 {
+                scope,
+                proto: e.proto,
+                pad: 0,
+                dport,
+                addr: a.octets(),
+            };
+            trie.insert(&Key::new(prefix_len, data), value, 0)
+        }
+    }
+    .with_context(|| format!("inserting exception {e:?}"))
+}
+
+/// The kernel's key of a flow: addresses as network-order bytes in 32-bit words (IPv4 in word
+/// 0), ports as network-order bytes.
+///
+/// # Errors
+/// When `guest` and `peer` are of different families (no packet has such a key).
+pub fn flow_key(flow: &Flow) -> Result<FlowKey> {
+    let words = |a: IpAddr| -> [u32; 4] {
+        let mut w = [0; 4];
+        let bytes = match a {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        for (word, chunk) in w.iter_mut().zip(bytes.chunks(4)) {
+            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        w
+    };
+    let family = match (flow.guest, flow.peer) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => 4,
+        (IpAddr::V6(_), IpAddr::V6(_)) => 6,
+        _ => bail!("flow {flow:?} mixes families"),
+    };
+    Ok(FlowKey {
+        guest: words(flow.guest),
+        peer: words(flow.peer),
+        guest_port: u16::from_ne_bytes(flow.guest_port.to_be_bytes()),
+        peer_port: u16::from_ne_bytes(flow.peer_port.to_be_bytes()),
+        proto: flow.proto,
+        family,
+        pad: [0; 2],
+    })
+}
+
+/// `flows` into `GUARD_FLOWS`, seen now (`CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`).
+fn write_flows(ebpf: &mut Ebpf, flows: &[Flow]) -> Result<()> {
+    let mut map: HashMap<_, FlowKey, FlowValue> =
+        HashMap::try_from(map_mut(ebpf, map_names::FLOWS)?)?;
+    let seen_ns = guard::events::monotonic_ns();
+    for flow in flows {
+        map.insert(flow_key(flow)?, FlowValue { seen_ns }, 0)
+            .with_context(|| format!("inserting flow {flow:?}"))?;
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! - `table_*`: named cases, each with its expected verdict, reason and rule id, checked against
 //!   the reference model and against both programs, with exact counter deltas;
 //! - `differential_*`: a few hundred thousand seeded random and mutated frames through the
-//!   kernel and the model; any difference fails with the frame in hex and the seed.
+//!   kernel and the model; any difference fails with the frame in hex and the seed;
+//! - `reply_*`: what `guard_reply` (the bridge's TC egress) writes into the flow table, and
+//!   that the guest's reply then passes step 10.
 //!
 //! Both run for the release object (embedded in guard-userspace) and the debug object (built by
 //! `cargo xtask build`, path in `GUARD_EBPF_DEBUG_OBJECT`): the verifier sees different code.
@@ -12,21 +14,24 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
-use guard_common::model::classify;
+use std::collections::BTreeSet;
+
+use guard_common::model::{Flow, Policy, classify};
 use guard_common::reason;
 use guard_tests::cases::{
     BLACKHOLE_V4, BRIDGE_MAC, BRIDGE_V4, CONNECTED_PROT, DENY_IN_HOLE, GUEST_MAC, GUEST_V4,
     HAIRPIN_V4, HOLE, IPV4_MCAST_MAC, LLDP_MAC, LOCAL_LO, MGMT_HOST, MGMT_NET, NEAR_HOLE,
     OTHER_IF_MAC, PEER_MAC, PORT_MAC, PROT_BROADCAST, ROUTED_PROT, STORAGE, Setup, UNPROTECTED,
-    UNREACHABLE_V4, VXLAN_PORT, base_policy, cases, guest_v6, ns, run_table, to, udp4, v6,
+    UNREACHABLE_V4, VXLAN_PORT, base_policy, cases, flow, guest_global_v6, guest_v6, ns, run_table,
+    step10_policy, to, udp4, v6,
 };
 use guard_tests::datapath::{
-    Datapath, Hook, MIN_FRAME, Run, expected_run, hex, skb_test_run_refuses,
+    Datapath, Hook, MIN_FRAME, Run, expected_run, flow_key, hex, skb_test_run_refuses,
 };
 use guard_tests::packet::{
     Arp, BROADCAST, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ETH_P_LLDP, Eth, Ext,
-    IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMPV6, IPPROTO_NONE,
-    IPPROTO_ROUTING, IPPROTO_UDP, Ipv4, Ipv6,
+    IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_NONE, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6,
 };
 use guard_tests::rng::Rng;
 
@@ -294,11 +299,21 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
     eth = match rng.below(10) {
         0..=2 => {
             let dst = random_v4(rng);
-            let mut p = match rng.below(8) {
+            let mut p = match rng.below(10) {
                 // Tunnels: UDP to a tunnel port, or a tunnel protocol.
                 0 => Ipv4::new(GUEST_V4, dst).udp(1, rng.pick(&[VXLAN_PORT, 6081, 53]), &[0; 8]),
                 1 => Ipv4::new(GUEST_V4, dst)
                     .payload(rng.pick(&[4, 41, 47, 97, 115, 137, 6]), &[0; 8]),
+                // Step 10: the ports, flags and echo identifiers of the exceptions and flows.
+                2 => {
+                    let (sport, dport) = step10_ports(rng);
+                    Ipv4::new(GUEST_V4, dst).tcp(sport, dport, step10_tcp_flags(rng))
+                }
+                3 => Ipv4::new(GUEST_V4, dst).payload(IPPROTO_ICMP, &step10_echo(rng, 0, 8)),
+                4 => {
+                    let (sport, dport) = step10_ports(rng);
+                    Ipv4::new(GUEST_V4, dst).udp(sport, dport, &[0; 6])
+                }
                 _ => Ipv4::new(GUEST_V4, dst).udp(1, 2, &[0; 6]),
             };
             if rng.chance(20) {
@@ -332,8 +347,20 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
             eth.ipv4(p)
         }
         3..=6 => {
-            let mut p = match rng.below(6) {
+            let mut p = match rng.below(8) {
                 0..=2 => ns(&random_v6(rng).to_string()),
+                6 => {
+                    let (sport, dport) = step10_ports(rng);
+                    Ipv6::new(guest_global_v6(), random_v6(rng)).tcp(
+                        sport,
+                        dport,
+                        step10_tcp_flags(rng),
+                    )
+                }
+                7 => {
+                    let echo = step10_echo(rng, 129, 128);
+                    Ipv6::new(guest_global_v6(), random_v6(rng)).icmpv6(echo[0], 0, &echo[4..])
+                }
                 3 => Ipv6::new(guest_v6(), random_v6(rng)).udp(
                     1,
                     rng.pick(&[VXLAN_PORT, 2]),
@@ -383,6 +410,28 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         eth = eth.pad_to(60);
     }
     eth.build()
+}
+
+/// Source and destination ports around those of the step-10 policy's exceptions and flows.
+fn step10_ports(rng: &mut Rng) -> (u16, u16) {
+    let ports = [
+        22, 53, 443, 2049, 3260, 3261, 5353, 8080, 40000, 50000, 50001,
+    ];
+    (rng.pick(&ports), rng.pick(&ports))
+}
+
+/// SYN, SYN+ACK, ACK, none, SYN+FIN.
+fn step10_tcp_flags(rng: &mut Rng) -> u8 {
+    rng.pick(&[0x02, 0x12, 0x10, 0x00, 0x03])
+}
+
+/// An echo reply (`reply`) or request (`request`) or another type, with an identifier of the
+/// step-10 flows or a neighbour: type, code, checksum, identifier, sequence.
+fn step10_echo(rng: &mut Rng, reply: u8, request: u8) -> [u8; 8] {
+    let kind = rng.pick(&[reply, reply, request, 3]);
+    let id: u16 = rng.pick(&[0, 9, 77, 78]);
+    let [hi, lo] = id.to_be_bytes();
+    [kind, 0, 0, 0, hi, lo, 0, 1]
 }
 
 /// One to four random edits of `f`.
@@ -494,12 +543,16 @@ fn differential(object: &[u8], label: &str, frames_total: usize, tc_every: usize
     let per_setup = frames_total.div_ceil(Setup::ALL.len());
     for (s, setup) in Setup::ALL.into_iter().enumerate() {
         let policy = setup.policy();
-        let dp = Datapath::load(object, &policy)
+        let mut dp = Datapath::load(object, &policy)
             .unwrap_or_else(|e| panic!("{label}: loading with {setup:?} policy: {e:?}"));
         let setup_seed = seed ^ ((s as u64 + 1) << 56);
         let mut rng = Rng(setup_seed);
         let mut before = dp.snapshot().expect("snapshot");
         for i in 0..per_setup {
+            // The model knows no time: keep every flow far from its idle time (ICMP: 30 s).
+            if i % 1000 == 0 && !policy.flows.is_empty() {
+                dp.refresh_flows(&policy).expect("refreshing the flows");
+            }
             let mut frame = if rng.chance(40) {
                 random_frame(&mut rng)
             } else {
@@ -551,7 +604,7 @@ fn differential(object: &[u8], label: &str, frames_total: usize, tc_every: usize
                 );
                 match hook {
                     Hook::Xdp => xdp_checked += 1,
-                    Hook::Tc | Hook::Bridge => tc_checked += 1,
+                    Hook::Tc | Hook::Bridge | Hook::Reply => tc_checked += 1,
                 }
             }
         }
@@ -571,6 +624,192 @@ fn differential_release() {
 #[test]
 fn differential_debug() {
     differential(&debug_object(), "debug", 40_000, 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// guard_reply: the flow table.
+
+/// From the host's side to the guest: what `guard_reply` sees on the bridge's egress.
+fn toward_guest() -> Eth {
+    Eth::new(GUEST_MAC, BRIDGE_MAC)
+}
+
+/// The flows in `GUARD_FLOWS`, as keys, each seen between `since` and now.
+fn recorded(dp: &Datapath, since: u64) -> BTreeSet<Vec<u8>> {
+    let now = guard::events::monotonic_ns();
+    dp.flows()
+        .expect("reading GUARD_FLOWS")
+        .into_iter()
+        .map(|(k, v)| {
+            assert!(
+                (since..=now).contains(&v.seen_ns),
+                "flow {k:?} seen at {}, not in {since}..={now}",
+                v.seen_ns
+            );
+            key_bytes(&k)
+        })
+        .collect()
+}
+
+/// A key's bytes, for sets (`FlowKey` has no order).
+fn key_bytes(k: &guard_common::FlowKey) -> Vec<u8> {
+    format!("{k:?}").into_bytes()
+}
+
+fn keys(flows: &[Flow]) -> BTreeSet<Vec<u8>> {
+    flows
+        .iter()
+        .map(|f| key_bytes(&flow_key(f).expect("flow key")))
+        .collect()
+}
+
+/// Packets the host sends toward a guest, and the flow each must record (as the guest's
+/// reply sees it), if any.
+fn reply_starts() -> Vec<(&'static str, Eth, Option<Flow>)> {
+    vec![
+        (
+            "tcp syn",
+            toward_guest().ipv4(Ipv4::new(STORAGE, GUEST_V4).tcp(50000, 22, 0x02)),
+            Some(flow("172.16.0.10", 22, "10.0.0.1", 50000, IPPROTO_TCP)),
+        ),
+        (
+            "tcp syn+ack",
+            toward_guest().ipv4(Ipv4::new(STORAGE, GUEST_V4).tcp(50001, 22, 0x12)),
+            None,
+        ),
+        (
+            "tcp ack",
+            toward_guest().ipv4(Ipv4::new(STORAGE, GUEST_V4).tcp(50002, 22, 0x10)),
+            None,
+        ),
+        (
+            "udp",
+            toward_guest().ipv4(Ipv4::new(STORAGE, GUEST_V4).udp(40000, 53, b"dns?")),
+            Some(flow("172.16.0.10", 53, "10.0.0.1", 40000, IPPROTO_UDP)),
+        ),
+        (
+            "icmp echo request",
+            toward_guest().ipv4(Ipv4::new(STORAGE, GUEST_V4).icmp_echo(77, 1)),
+            Some(flow("172.16.0.10", 77, "10.0.0.1", 0, IPPROTO_ICMP)),
+        ),
+        (
+            "icmp echo reply",
+            toward_guest().ipv4(
+                Ipv4::new(STORAGE, GUEST_V4).payload(IPPROTO_ICMP, &[0, 0, 0, 0, 0, 78, 0, 1]),
+            ),
+            None,
+        ),
+        (
+            "icmpv6 echo request, tagged",
+            toward_guest().vlan(5).ipv6(
+                Ipv6::new(v6("2001:db8:300::5"), guest_global_v6()).icmpv6(128, 0, &[0, 9, 0, 1]),
+            ),
+            Some(flow(
+                "2001:db8:50::10",
+                9,
+                "2001:db8:300::5",
+                0,
+                IPPROTO_ICMPV6,
+            )),
+        ),
+        (
+            "tcp6 syn",
+            toward_guest().ipv6(Ipv6::new(v6("fd00::1"), guest_global_v6()).tcp(50000, 443, 0x02)),
+            Some(flow("2001:db8:50::10", 443, "fd00::1", 50000, IPPROTO_TCP)),
+        ),
+    ]
+}
+
+/// `guard_reply` records exactly the packets that start a flow toward a guest, keyed as the
+/// guest's reply sees it, and only with the replies flag on.
+fn check_reply_records(object: &[u8], label: &str) {
+    let starts = reply_starts();
+    let policy = Policy {
+        flows: Vec::new(),
+        ..step10_policy()
+    };
+    let since = guard::events::monotonic_ns();
+    let dp = Datapath::load_hooks(object, &policy, &[Hook::Reply, Hook::Xdp]).expect("load");
+    for (what, frame, want) in &starts {
+        let frame = frame.build();
+        let before = recorded(&dp, since);
+        assert!(
+            !dp.verdict(Hook::Reply, &frame).expect("guard_reply run"),
+            "{label}: guard_reply returned something other than TC_ACT_OK"
+        );
+        let after = recorded(&dp, since);
+        let new: BTreeSet<_> = after.difference(&before).cloned().collect();
+        let want_new = keys(want.as_slice());
+        assert_eq!(
+            new,
+            want_new,
+            "{label} {what}: new flows
+{}",
+            hex(&frame)
+        );
+        let _ = since;
+    }
+    // Every flow recorded above, and nothing else.
+    let all: Vec<Flow> = starts.iter().filter_map(|s| s.2).collect();
+    assert_eq!(recorded(&dp, since), keys(&all), "{label}: the flow table");
+
+    // The guest's reply to the recorded TCP flow now passes step 10, a stranger's does not
+    // (storage's deny stands: its only exception is for TCP port 3260).
+    let reply = to(BRIDGE_MAC)
+        .ipv4(Ipv4::new(GUEST_V4, STORAGE).tcp(22, 50000, 0x12))
+        .build();
+    let other = to(BRIDGE_MAC)
+        .ipv4(Ipv4::new(GUEST_V4, STORAGE).tcp(22, 50001, 0x12))
+        .build();
+    for (frame, reason) in [(&reply, reason::REPLY), (&other, reason::DENY_IPV4)] {
+        let mut model_policy = policy.clone();
+        model_policy.flows.clone_from(&all);
+        let want = classify(frame, 0, &model_policy);
+        assert_eq!(want.reason, reason, "{label}: the model");
+        assert_eq!(
+            dp.run(Hook::Xdp, frame).expect("xdp run"),
+            expected_run(&want, frame.len()),
+            "{label}: the reply to a recorded flow"
+        );
+    }
+
+    println!(
+        "{label}: guard_reply recorded {} flows from {} packets",
+        all.len(),
+        starts.len()
+    );
+}
+
+/// With the replies flag off, `guard_reply` records nothing.
+fn check_reply_flag_off(object: &[u8], label: &str) {
+    let off = Policy {
+        flows: Vec::new(),
+        replies: false,
+        ..step10_policy()
+    };
+    let starts = reply_starts();
+    let dp = Datapath::load_hooks(object, &off, &[Hook::Reply]).expect("load");
+    for (what, frame, _) in &starts {
+        dp.verdict(Hook::Reply, &frame.build())
+            .expect("guard_reply run");
+        assert!(
+            recorded(&dp, 0).is_empty(),
+            "{label} {what}: recorded with the replies flag off"
+        );
+    }
+}
+
+#[test]
+fn reply_records_flows_release() {
+    check_reply_records(release_object(), "release");
+    check_reply_flag_off(release_object(), "release");
+}
+
+#[test]
+fn reply_records_flows_debug() {
+    let object = debug_object();
+    check_reply_records(&object, "debug");
+    check_reply_flag_off(&object, "debug");
 }
 
 /// The kernel's ns/run for three typical frames (printed; run with `--nocapture`).

@@ -345,6 +345,7 @@ pub fn hook_name(hook: Hook) -> &'static str {
         Hook::Xdp => "xdp",
         Hook::Tc => "tc",
         Hook::Bridge => "bridge",
+        Hook::Reply => "reply",
     }
 }
 

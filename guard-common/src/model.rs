@@ -707,6 +707,12 @@ fn exceptions_and_replies(
     {
         return d;
     }
+    // A deny entry's verdict only when the packet is judged by its destination alone.
+    if matches!(d.reason, reason::DENY_IPV4 | reason::DENY_IPV6)
+        && !judged_by_destination_alone(f, o, v6, policy)
+    {
+        return d;
+    }
     // An upper-layer header cut short: the verdict stands.
     let Some(p) = packet(f, o, v6) else {
         return d;
@@ -720,6 +726,24 @@ fn exceptions_and_replies(
         return Decision::pass(reason::REPLY, 0);
     }
     d
+}
+
+/// Step 10's condition on a `deny_ipv4`/`deny_ipv6` from a deny entry: IPv4, the options
+/// walk finds no source route and nothing malformed, and the packet is no tunnel (as step 5
+/// defines one); IPv6, the fixed header's next header is TCP, UDP or ICMPv6 and no tunnel.
+fn judged_by_destination_alone(f: &Frame<'_>, o: usize, v6: bool, policy: &Policy) -> bool {
+    if v6 {
+        let nh = f.byte(o + 6);
+        matches!(nh, 6 | IPPROTO_UDP | NH_ICMPV6)
+            && (policy.allow_tunnels || !is_tunnel_upper_layer(f, nh, o + 40, policy))
+    } else {
+        let hlen = 4 * usize::from(f.byte(o) & 0xf);
+        let first_fragment = f.u16(o + 6) & 0x1fff == 0;
+        matches!(ipv4_source_routed(f, o, hlen), Ok(false))
+            && !(!policy.allow_tunnels
+                && first_fragment
+                && is_tunnel_upper_layer(f, f.byte(o + 9), o + hlen, policy))
+    }
 }
 
 /// Step 10's "packet's upper layer"; `None` when the TCP, UDP or ICMP header it needs is

@@ -38,15 +38,14 @@ const IP_OFFSET: u16 = 0x1fff;
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
-/// Is `outcome` a deny that an exception or a reply may lift? Tunnels, source routing,
-/// ARP/NDP and malformed frames stay denied whatever the rules say.
+/// Is step 10 on (exceptions installed, or replies on)? The classifiers mark the denies it
+/// may lift (`Outcome::liftable`) only then: a deny by destination prefix whose packet no
+/// source route, tunnel or malformed header would have dropped, and the route check's
+/// `deny_route`/`deny_local`. Tunnels, source routing, ARP/NDP and malformed frames stay
+/// denied whatever the rules say.
 #[inline(always)]
-pub fn may_lift(cfg: Config, outcome: Outcome) -> bool {
+pub fn enabled(cfg: Config) -> bool {
     cfg.flags & (GLOBAL_FLAG_EXCEPTIONS | GLOBAL_FLAG_REPLIES) != 0
-        && matches!(
-            outcome.reason,
-            reason::DENY_IPV4 | reason::DENY_IPV6 | reason::DENY_ROUTE | reason::DENY_LOCAL
-        )
 }
 
 /// What an IP packet says about itself, read behind its IP header (`l3`). Ports in network
@@ -141,7 +140,7 @@ pub fn read<F: Frame>(f: &F, l3: usize, v6: bool) -> Option<Packet> {
     Some(p)
 }
 
-/// Step 10: `outcome` (a deny [`may_lift`] accepted) for the packet at `l3` of a frame that
+/// Step 10: `outcome` (a deny the classifier marked liftable) for the packet at `l3` of a frame that
 /// arrived on `ifindex`, or the pass an exception or a reply gives it.
 #[inline(always)]
 pub fn lift<F: Frame>(f: &F, l3: usize, v6: bool, cfg: Config, outcome: Outcome) -> Outcome {

@@ -3,7 +3,7 @@
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    Outcome,
+    Outcome, exception,
     frame::{Frame, Malformed},
     policy::{self, Config},
     route::{self, Route},
@@ -46,8 +46,18 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
     };
     let dst = h.dst_addr;
     let rule = policy::v4(dst, cfg);
+    // Only a first fragment (offset 0) carries the upper-layer header.
+    let first = u16::from_be_bytes(h.frags) & IP_OFFSET == 0;
     if let Some(id) = rule.deny() {
-        return Ok(Outcome::new(reason::DENY_IPV4, id));
+        let deny = Outcome::new(reason::DENY_IPV4, id);
+        // Step 10 may lift it only when the packet is judged by its destination alone.
+        if exception::enabled(cfg)
+            && matches!(walk, Ok(false))
+            && !(first && !cfg.tunnels_allowed() && policy::is_tunnel(f, h.proto, o + hlen))
+        {
+            return Ok(deny.liftable());
+        }
+        return Ok(deny);
     }
     if walk? {
         return Ok(Outcome::new(reason::DENY_SRCROUTE, 0));
@@ -57,8 +67,6 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
     if dst == [255; 4] || dst[0] & 0xf0 == 0xe0 {
         return Ok(rule.outcome(reason::DENY_IPV4));
     }
-    // Only a first fragment (offset 0) carries the upper-layer header.
-    let first = u16::from_be_bytes(h.frags) & IP_OFFSET == 0;
     let tunnel = first && !cfg.tunnels_allowed() && policy::is_tunnel(f, h.proto, o + hlen);
     let route = if policy::needs_route(cfg, rule, tunnel) {
         route::v4(f, &cfg, h.src_addr, dst, h.tos, h.proto)

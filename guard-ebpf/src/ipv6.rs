@@ -4,7 +4,7 @@
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
-    Outcome,
+    Outcome, exception,
     frame::{Frame, Malformed},
     policy::{self, Config},
     route::{self, Route},
@@ -16,6 +16,8 @@ const NH_ROUTING: u8 = 43;
 const NH_FRAGMENT: u8 = 44;
 const NH_AH: u8 = 51;
 const NH_ICMPV6: u8 = 58;
+const NH_TCP: u8 = 6;
+const NH_UDP: u8 = 17;
 const NH_DEST_OPTS: u8 = 60;
 const ICMPV6_NEIGHBOUR_SOLICITATION: u8 = 135;
 /// Extension headers may not reach past this offset in the frame (docs/datapath.md, step 6).
@@ -53,7 +55,17 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
     let dst = h.dst_addr;
     let rule = policy::v6(dst, cfg);
     if let Some(id) = rule.deny() {
-        return Ok(Outcome::new(reason::DENY_IPV6, id));
+        let deny = Outcome::new(reason::DENY_IPV6, id);
+        // Step 10 may lift it only when the upper layer follows the fixed header (no
+        // extension header to walk) and is no tunnel.
+        let nh = h.next_hdr;
+        if exception::enabled(cfg)
+            && matches!(nh, NH_TCP | NH_UDP | NH_ICMPV6)
+            && !(!cfg.tunnels_allowed() && policy::is_tunnel(f, nh, o + Ipv6Hdr::LEN))
+        {
+            return Ok(deny.liftable());
+        }
+        return Ok(deny);
     }
     // Not denied by destination: walk to the upper layer. A routing header with segments left
     // would make the host rewrite the destination; a neighbour solicitation may ask about a

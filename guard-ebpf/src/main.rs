@@ -53,11 +53,26 @@ pub struct Outcome {
     pub rule_id: u32,
 }
 
+/// Marks a deny that step 10 may lift (`Outcome::liftable`); never reaches the counters:
+/// `try_classify` takes it off.
+const LIFTABLE: u32 = 1 << 16;
+
 impl Outcome {
     #[inline(always)]
     #[must_use]
     pub const fn new(reason: u32, rule_id: u32) -> Self {
         Self { reason, rule_id }
+    }
+
+    /// This deny, marked as one an exception or a reply may lift: the packet is judged by
+    /// its destination alone (no source route, tunnel or malformed header decided it).
+    #[inline(always)]
+    #[must_use]
+    pub const fn liftable(self) -> Self {
+        Self {
+            reason: self.reason | LIFTABLE,
+            rule_id: self.rule_id,
+        }
     }
 }
 
@@ -98,8 +113,12 @@ fn try_classify<F: Frame, const ALL_HOST_BOUND: bool>(
     };
     // Step 10: one place after every IP verdict, so its code is verified once per deny
     // reason rather than once per path that reaches a deny.
-    if exception::may_lift(*cfg, outcome) {
-        return Ok(exception::lift(f, off, proto == P_IPV6, *cfg, outcome));
+    if outcome.reason & LIFTABLE != 0 {
+        let outcome = Outcome::new(outcome.reason & !LIFTABLE, outcome.rule_id);
+        if exception::enabled(*cfg) {
+            return Ok(exception::lift(f, off, proto == P_IPV6, *cfg, outcome));
+        }
+        return Ok(outcome);
     }
     Ok(outcome)
 }

@@ -64,8 +64,8 @@ impl Route {
         match self.kind {
             OUT if egress_ok(self.ifindex) => Outcome::new(reason::HOST_PASS, 0),
             KERNEL_DROPS => Outcome::new(reason::HOST_PASS, 0),
-            NOT_FORWARDED => Outcome::new(reason::DENY_LOCAL, 0),
-            _ => Outcome::new(reason::DENY_ROUTE, 0),
+            NOT_FORWARDED => Outcome::new(reason::DENY_LOCAL, 0).liftable(),
+            _ => Outcome::new(reason::DENY_ROUTE, 0).liftable(),
         }
     }
 

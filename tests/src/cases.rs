@@ -573,7 +573,13 @@ pub fn cases() -> Vec<Case> {
         c("exc_later_fragment_proto_any", later_fragment4(DENY_IN_HOLE, IPPROTO_UDP), Step10, false, EXCEPTION, 109),
         c("exc_ipv6_udp_port", to(BRIDGE_MAC).ipv6(udp6("fd00::1")), Step10, false, EXCEPTION, 104),
         c("exc_ipv6_ext_header_port_entry_denied", to(BRIDGE_MAC).ipv6(udp6("fd00::1").hop_by_hop()), Step10, true, DENY_IPV6, 6),
-        c("exc_ipv6_ext_header_proto_any", to(BRIDGE_MAC).ipv6(udp6("fd00:1:0:1::9").hop_by_hop()), Step10, false, EXCEPTION, 105),
+        // A deny entry's verdict is lifted only for a packet judged by its destination alone:
+        // an extension header, a source route or a tunnel keeps it (docs/datapath.md step 10).
+        c("exc_ipv6_ext_header_not_lifted", to(BRIDGE_MAC).ipv6(udp6("fd00:1:0:1::9").hop_by_hop()), Step10, true, DENY_IPV6, 8),
+        c("exc_ipv6_no_ext_header_proto_any", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("fd00:1:0:1::9")).tcp(40000, 80, syn)), Step10, false, EXCEPTION, 105),
+        c("exc_lsrr_to_excepted_not_lifted", to(BRIDGE_MAC).ipv4(lsrr(DENY_IN_HOLE)), Step10, true, DENY_IPV4, 3),
+        c("exc_vxlan_to_excepted_not_lifted", to(BRIDGE_MAC).ipv4(vxlan4(DENY_IN_HOLE)), Step10, true, DENY_IPV4, 3),
+        c("exc_ipv6_vxlan_to_excepted_not_lifted", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("fd00:1:0:1::9")).udp(40000, VXLAN_PORT, &[0; 16])), Step10, true, DENY_IPV6, 8),
         c("exc_lifts_deny_route", tcp4(ROUTED_PROT, 40000, 443, syn), Step10, false, EXCEPTION, 106),
         c("exc_lifts_deny_local", to(BRIDGE_MAC).ipv4(udp4(LOCAL_LO)), Step10, false, EXCEPTION, 107),
         c("exc_ipv6_lifts_deny_route", to(BRIDGE_MAC).ipv6(Ipv6::new(guest_global_v6(), v6("2001:db8:300::5")).tcp(40000, 22, syn)), Step10, false, EXCEPTION, 111),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod exception;
 pub mod fou;
 pub mod identity;
 pub mod layout;

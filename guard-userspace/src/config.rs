@@ -281,17 +281,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
             extra_macs.push(m.get_ref().clone());
         }
-        let mut exceptions: Vec<ExceptionSpec> = Vec::new();
-        for x in &b.exceptions {
-            let spec = x.get_ref().spec().map_err(|m| at(x.span().start, m))?;
-            if exceptions.iter().any(|e| e.id() == spec.id()) {
-                return Err(at(
-                    x.span().start,
-                    format!("exception {} is given twice", spec.id()),
-                ));
-            }
-            exceptions.push(spec);
-        }
+        let exceptions = parse_exceptions(&b.exceptions, &at)?;
         bridges.push((
             name,
             Options {
@@ -320,6 +310,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         bridges,
     })
+}
+
+/// The `exceptions` of a `[[bridge]]`: each checked, none given twice.
+fn parse_exceptions(
+    list: &[Spanned<ExceptionConfig>],
+    at: &impl Fn(usize, String) -> ConfigError,
+) -> Result<Vec<ExceptionSpec>, ConfigError> {
+    let mut exceptions: Vec<ExceptionSpec> = Vec::new();
+    for x in list {
+        let spec = x.get_ref().spec().map_err(|m| at(x.span().start, m))?;
+        if exceptions.iter().any(|e| e.id() == spec.id()) {
+            return Err(at(
+                x.span().start,
+                format!("exception {} is given twice", spec.id()),
+            ));
+        }
+        exceptions.push(spec);
+    }
+    Ok(exceptions)
 }
 
 /// `CIDR=CLASS`, the form `protect` and `allow` take.

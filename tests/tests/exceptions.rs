@@ -24,6 +24,7 @@
 //! ```
 
 use std::{
+    fmt::Write as _,
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
     time::{Duration, Instant},
@@ -188,6 +189,10 @@ fn hook_args(hook: Option<&str>) -> Vec<&str> {
 }
 
 /// Case 1: a per-VM rule, with web01 as its negative control.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario told in order: control, attach, rule, hits, del"
+)]
 fn per_vm(hook: Option<&str>) {
     let _serial = serial();
     let lab = Lab::build(Variant::BridgeIp).expect("build the lab");
@@ -211,9 +216,10 @@ fn per_vm(hook: Option<&str>) {
                b: u32,
                w: u32,
                want: (u32, u32)| {
-        report.push_str(&format!(
-            "  {what:<34} backup01 {b}/{TRIES}  web01 {w}/{TRIES}\n"
-        ));
+        let _ = writeln!(
+            report,
+            "  {what:<34} backup01 {b}/{TRIES}  web01 {w}/{TRIES}"
+        );
         if (b, w) != want {
             problems.push(format!(
                 "{mode}, {what}: backup01 {b}, web01 {w} delivered; want {want:?}"
@@ -268,10 +274,11 @@ fn per_vm(hook: Option<&str>) {
     );
     let e = exception(&gctl, &host, &dst, Some("backup01")).expect("the rule is listed");
     let hits = e["hits"].as_u64().unwrap_or(0);
-    report.push_str(&format!(
-        "  rule {} on {} : {hits} hits (each connection's SYN and ACK, at the port and the backstop)\n",
+    let _ = writeln!(
+        report,
+        "  rule {} on {} : {hits} hits (each connection's SYN and ACK, at the port and the backstop)",
         e["rule_id"], e["ports"]
-    ));
+    );
     if hits < u64::from(b) {
         problems.push(format!("{mode}: {hits} hits for {b} connections: {e}"));
     }
@@ -332,10 +339,11 @@ fn l4_hole(hook: Option<&str>) {
     let mut report = format!("L4 hole for all guests ({mode}), from g1\n");
     let mut problems = Vec::new();
     let mut row = |what: &str, got: [u32; 3], want: [u32; 3]| {
-        report.push_str(&format!(
-            "  {what:<30} tcp/3260 {}/{TRIES}  tcp/3261 {}/{TRIES}  udp/3260 {}/{TRIES}\n",
+        let _ = writeln!(
+            report,
+            "  {what:<30} tcp/3260 {}/{TRIES}  tcp/3261 {}/{TRIES}  udp/3260 {}/{TRIES}",
             got[0], got[1], got[2]
-        ));
+        );
         if got != want {
             problems.push(format!("{mode}, {what}: delivered {got:?}, want {want:?}"));
         }
@@ -370,7 +378,7 @@ fn l4_hole(hook: Option<&str>) {
     .expect("rules add --proto tcp --dport 3260");
     row("after the hole", probe(), [TRIES, 0, 0]);
     let e = exception(&gctl, &host, &dst, None).expect("listed");
-    report.push_str(&format!("  rule {}: {} hits\n", e["rule_id"], e["hits"]));
+    let _ = writeln!(report, "  rule {}: {} hits", e["rule_id"], e["hits"]);
     if e["hits"].as_u64().unwrap_or(0) < u64::from(TRIES) {
         problems.push(format!("{mode}: hits not counted: {e}"));
     }
@@ -380,6 +388,10 @@ fn l4_hole(hook: Option<&str>) {
 }
 
 /// Case 3: the agent moves a VM's rule to its re-created tap.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario told in order: rule before the port, plug, restart, another guest"
+)]
 fn follows_restart(hook: Option<&str>) {
     let _serial = serial();
     let mut lab = Lab::build(Variant::BridgeIp).expect("build the lab");
@@ -412,10 +424,11 @@ fn follows_restart(hook: Option<&str>) {
     )
     .expect("rules add for a VM with no port");
     let e = exception(&gctl, &host, &dst, Some("backup01")).expect("kept");
-    report.push_str(&format!(
-        "  before its port exists: resolved {}, note {}\n",
+    let _ = writeln!(
+        report,
+        "  before its port exists: resolved {}, note {}",
         e["resolved"], e["note"]
-    ));
+    );
     if e["resolved"] != false || e["note"] != "not resolved (no port)" {
         problems.push(format!(
             "{mode}: a VM without port must be kept unresolved: {e}"
@@ -449,11 +462,16 @@ fn follows_restart(hook: Option<&str>) {
                 .then_some(())
         });
         let reached = tcp_reach(lab.ns(holes::G3), ISCSI);
-        report.push_str(&format!(
-            "  {what}: {tap} ifindex {ifindex}, rule resolved to it after {:?} ({}), tcp/3260 {reached}/{TRIES}\n",
+        let _ = writeln!(
+            report,
+            "  {what}: {tap} ifindex {ifindex}, rule resolved to it after {:?} ({}), tcp/3260 {reached}/{TRIES}",
             started.elapsed(),
-            if resolved.is_some() { "ok" } else { "NOT within 10 s" }
-        ));
+            if resolved.is_some() {
+                "ok"
+            } else {
+                "NOT within 10 s"
+            }
+        );
         if resolved.is_none() || reached != TRIES {
             problems.push(format!(
                 "{mode}, {what}: resolved {resolved:?}, reached {reached}"
@@ -472,7 +490,7 @@ fn follows_restart(hook: Option<&str>) {
     // A guest without the rule's VM stays out (g1 is not backup01).
     route_storage_via_host(&lab, Role::G1).expect("route");
     let other = tcp_reach(lab.ns(Role::G1), ISCSI);
-    report.push_str(&format!("  g1 (not backup01): tcp/3260 {other}/{TRIES}\n"));
+    let _ = writeln!(report, "  g1 (not backup01): tcp/3260 {other}/{TRIES}");
     if other != 0 {
         problems.push(format!(
             "{mode}: g1 reached tcp/3260 through backup01's rule"

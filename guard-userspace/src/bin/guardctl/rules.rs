@@ -153,33 +153,7 @@ pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
             allow,
             replace,
             selectors,
-        } if selectors.any() => {
-            if !protect.is_empty() {
-                return Err(
-                    exit::Usage(exception::ExceptionError::ProtectScoped.to_string()).into(),
-                );
-            }
-            if allow.is_empty() {
-                return Err(exit::Usage(
-                    "--vm, --iface, --proto and --dport need an --allow CIDR".to_owned(),
-                )
-                .into());
-            }
-            let specs = selectors.specs(allow)?;
-            let code = change(cli, bridge, |s| {
-                exception::add_exceptions(&mut s.edits, &specs);
-                Ok(())
-            })
-            .await?;
-            let state = State::load(&cli.location(bridge))?.unwrap_or_default();
-            for v in output::exception_views(&state, None)
-                .iter()
-                .filter(|v| specs.iter().any(|s| s.net.to_string() == v.prefix))
-            {
-                println!("guard: {bridge}: in force: {}", output::exception_line(v));
-            }
-            Ok(code)
-        }
+        } if selectors.any() => add_scoped(cli, bridge, protect, allow, selectors).await,
         RulesCommand::Add {
             bridge,
             protect,
@@ -207,26 +181,7 @@ pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
             bridge,
             prefixes,
             selectors,
-        } if selectors.any() => {
-            let args: Vec<RuleArg> = prefixes
-                .iter()
-                .map(|n| RuleArg {
-                    net: *n,
-                    class: None,
-                })
-                .collect();
-            let ids: Vec<_> = selectors
-                .specs(&args)?
-                .iter()
-                .map(ExceptionSpec::id)
-                .collect();
-            change(cli, bridge, |s| {
-                let in_force = exception::desired(&s.options, &s.edits);
-                let configured = s.options.exceptions.clone();
-                exception::del_exceptions(&mut s.edits, &configured, &in_force, &ids)
-            })
-            .await
-        }
+        } if selectors.any() => del_scoped(cli, bridge, prefixes, selectors).await,
         RulesCommand::Del {
             bridge, prefixes, ..
         } => {
@@ -247,6 +202,66 @@ pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
         }
         RulesCommand::Save { bridge, config } => save(cli, bridge, config.as_ref()).await,
     }
+}
+
+/// `rules add` with selectors: exceptions.
+async fn add_scoped(
+    cli: &Cli,
+    bridge: &str,
+    protect: &[RuleArg],
+    allow: &[RuleArg],
+    selectors: &Selectors,
+) -> Result<ExitCode> {
+    if !protect.is_empty() {
+        return Err(exit::Usage(exception::ExceptionError::ProtectScoped.to_string()).into());
+    }
+    if allow.is_empty() {
+        return Err(exit::Usage(
+            "--vm, --iface, --proto and --dport need an --allow CIDR".to_owned(),
+        )
+        .into());
+    }
+    let specs = selectors.specs(allow)?;
+    let code = change(cli, bridge, |s| {
+        exception::add_exceptions(&mut s.edits, &specs);
+        Ok(())
+    })
+    .await?;
+    let state = State::load(&cli.location(bridge))?.unwrap_or_default();
+    for v in output::exception_views(&state, None)
+        .iter()
+        .filter(|v| specs.iter().any(|s| s.net.to_string() == v.prefix))
+    {
+        println!("guard: {bridge}: in force: {}", output::exception_line(v));
+    }
+    Ok(code)
+}
+
+/// `rules del` with selectors: the exceptions with exactly these selectors.
+async fn del_scoped(
+    cli: &Cli,
+    bridge: &str,
+    prefixes: &[IpNet],
+    selectors: &Selectors,
+) -> Result<ExitCode> {
+    let args: Vec<RuleArg> = prefixes
+        .iter()
+        .map(|n| RuleArg {
+            net: *n,
+            class: None,
+        })
+        .collect();
+    let ids: Vec<_> = selectors
+        .specs(&args)?
+        .iter()
+        .map(ExceptionSpec::id)
+        .collect();
+    change(cli, bridge, |s| {
+        let in_force = exception::desired(&s.options, &s.edits);
+        let configured = s.options.exceptions.clone();
+        exception::del_exceptions(&mut s.edits, &configured, &in_force, &ids)
+    })
+    .await
 }
 
 fn list(cli: &Cli, bridge: &str, json: bool) -> Result<ExitCode> {

@@ -19,6 +19,12 @@
 //! extra_host_macs = ["52:54:00:12:34:56"]
 //! monitor_ports = ["vnet7"]
 //! event_rate = 100             # drop events per second per port (0: none)
+//! # holes for one VM, one port or every port, one protocol and destination port
+//! exceptions = [
+//!   { allow = "10.20.0.5/32=iscsi", vm = "backup01", proto = "tcp", dport = 3260 },
+//!   { allow = "10.20.0.1", proto = "udp", dport = 123 },      # every guest: the host's NTP
+//!   { allow = "10.20.0.7", iface = "vnet3", proto = "icmp" },
+//! ]
 //! ```
 //!
 //! The discovered set is every network and address the host holds outside the bridge and
@@ -40,9 +46,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    exception::{ExceptionSpec, parse_dport, parse_proto, proto_name},
     options::{Hook, Options},
     policy::Policy,
-    rule::{RuleSpec, parse_allow, parse_net, parse_protect},
+    rule::{RuleArg, RuleSpec, parse_allow, parse_net, parse_protect},
 };
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +96,52 @@ pub struct BridgeConfig {
     /// Most drop events per second per port (0: none); default 100.
     #[serde(default)]
     pub event_rate: Option<u32>,
+    #[serde(default)]
+    pub exceptions: Vec<Spanned<ExceptionConfig>>,
+}
+
+/// One exception: `{ allow = "CIDR[=CLASS]", vm = "NAME" | iface = "PORT", proto = "tcp",
+/// dport = 3260 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    pub allow: String,
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub iface: Option<String>,
+    #[serde(default)]
+    pub proto: Option<String>,
+    #[serde(default)]
+    pub dport: Option<i64>,
+}
+
+impl ExceptionConfig {
+    fn spec(&self) -> Result<ExceptionSpec, String> {
+        let arg: RuleArg = self
+            .allow
+            .parse()
+            .map_err(|e: crate::rule::PrefixError| e.to_string())?;
+        let proto = self
+            .proto
+            .as_deref()
+            .map_or(Ok(0), parse_proto)
+            .map_err(|e| e.to_string())?;
+        let dport = match self.dport {
+            None => 0,
+            Some(p) => parse_dport(&p.to_string()).map_err(|e| e.to_string())?,
+        };
+        ExceptionSpec::new(
+            arg.net,
+            self.vm.clone(),
+            self.iface.clone(),
+            proto,
+            dport,
+            arg.class.unwrap_or_else(|| "allowed".to_owned()),
+            "config",
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 const fn yes() -> bool {
@@ -231,6 +284,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
             extra_macs.push(m.get_ref().clone());
         }
+        let exceptions = parse_exceptions(&b.exceptions, &at)?;
         bridges.push((
             name,
             Options {
@@ -250,6 +304,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 extra_macs,
                 monitor_ports: b.monitor_ports,
                 event_rate: b.event_rate,
+                exceptions,
                 config_file: Some(path.to_owned()),
                 ..Options::default()
             },
@@ -259,6 +314,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         bridges,
     })
+}
+
+/// The `exceptions` of a `[[bridge]]`: each checked, none given twice.
+fn parse_exceptions(
+    list: &[Spanned<ExceptionConfig>],
+    at: &impl Fn(usize, String) -> ConfigError,
+) -> Result<Vec<ExceptionSpec>, ConfigError> {
+    let mut exceptions: Vec<ExceptionSpec> = Vec::new();
+    for x in list {
+        let spec = x.get_ref().spec().map_err(|m| at(x.span().start, m))?;
+        if exceptions.iter().any(|e| e.id() == spec.id()) {
+            return Err(at(
+                x.span().start,
+                format!("exception {} is given twice", spec.id()),
+            ));
+        }
+        exceptions.push(spec);
+    }
+    Ok(exceptions)
 }
 
 /// `CIDR=CLASS`, the form `protect` and `allow` take.
@@ -326,6 +400,27 @@ pub fn save_bridge(path: &Path, bridge: &str, options: &Options) -> Result<(), C
     t["monitor_ports"] = strings(&mut options.monitor_ports.iter().cloned());
     if let Some(rate) = options.event_rate {
         t["event_rate"] = value(i64::from(rate));
+    }
+    if !options.exceptions.is_empty() {
+        let mut a = Array::new();
+        for e in &options.exceptions {
+            let mut it = toml_edit::InlineTable::new();
+            it.insert("allow", format!("{}={}", e.net, e.class).into());
+            if let Some(vm) = &e.vm {
+                it.insert("vm", vm.as_str().into());
+            }
+            if let Some(i) = &e.iface {
+                it.insert("iface", i.as_str().into());
+            }
+            if e.proto != 0 {
+                it.insert("proto", proto_name(e.proto).into());
+            }
+            if e.dport != 0 {
+                it.insert("dport", i64::from(e.dport).into());
+            }
+            a.push(it);
+        }
+        t["exceptions"] = value(a);
     }
     let bridges = doc
         .entry("bridge")
@@ -406,6 +501,41 @@ mod tests {
         assert!(a.discovers());
         assert!(cfg.bridge("br-b").expect("br-b").monitor);
         assert!(cfg.bridge("br-c").is_some());
+    }
+
+    #[test]
+    fn exceptions_parse_save_and_name_their_errors() {
+        let text = "[[bridge]]\nname = \"br-a\"\nexceptions = [\n  \
+                    { allow = \"10.20.0.5/32=iscsi\", vm = \"backup01\", proto = \"tcp\", dport = 3260 },\n  \
+                    { allow = \"10.20.0.1\", proto = \"udp\", dport = 123 },\n]\n";
+        let cfg = parse(Path::new("g.toml"), text).expect("valid");
+        let o = cfg.bridge("br-a").expect("br-a");
+        assert_eq!(o.exceptions.len(), 2);
+        assert_eq!(o.exceptions[0].vm.as_deref(), Some("backup01"));
+        assert_eq!((o.exceptions[0].proto, o.exceptions[0].dport), (6, 3260));
+        assert_eq!(o.exceptions[0].class, "iscsi");
+
+        let dir = std::env::temp_dir().join(format!("guard-config-exc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("g.toml");
+        save_bridge(&path, "br-a", o).expect("save");
+        let again = load(&path).expect("valid after save");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(again.bridge("br-a").expect("br-a").exceptions, o.exceptions);
+
+        let e = parse(
+            Path::new("g.toml"),
+            "[[bridge]]\nname = \"b\"\nexceptions = [\n { allow = \"10.0.0.1\", proto = \"icmp\", dport = 80 }]\n",
+        )
+        .expect_err("port without tcp/udp");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.message.contains("--dport 80 needs --proto tcp"), "{e}");
+        let e = parse(
+            Path::new("g.toml"),
+            "[[bridge]]\nname = \"b\"\nexceptions = [{ allow = \"10.0.0.1\", proto = \"tcp\", dport = 70000 }]\n",
+        )
+        .expect_err("port too big");
+        assert!(e.message.contains("--dport"), "{e}");
     }
 
     #[test]

@@ -114,6 +114,12 @@ pub enum GuardError {
     Contradiction { new: String, existing: String },
     #[error("{0} is not in force on this bridge (`guardctl rules list` shows what is)")]
     NotInForce(ipnet::IpNet),
+    #[error(
+        "the exception {0} is not in force on this bridge (`guardctl rules list` shows what is)"
+    )]
+    ExceptionNotInForce(String),
+    #[error(transparent)]
+    Exception(#[from] crate::exception::ExceptionError),
     #[error("{0} has no live edit (`guardctl rules list` marks them)")]
     NoEdit(ipnet::IpNet),
     #[error(transparent)]

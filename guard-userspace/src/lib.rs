@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod droplog;
 pub mod error;
 pub mod events;
+pub mod exception;
 pub mod feed;
 pub mod fou;
 pub mod identity;

@@ -11,8 +11,8 @@ use aya::{
     maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
 };
 use guard_common::{
-    Counter, GlobalConfig, MAX_PORT_SLOTS, Mac, PORT_TABLE_SIZE, PortConfig, PortSet, REASON_SLOTS,
-    RuleValue, counter_index,
+    Counter, Exception4, Exception6, GLOBAL_FLAG_EXCEPTIONS, GlobalConfig, MAX_PORT_SLOTS, Mac,
+    PORT_TABLE_SIZE, PortConfig, PortSet, REASON_SLOTS, RuleValue, counter_index,
     event::{EventReader, EventStats},
     mac::{InsertError, MAC_TABLE_MAX_ENTRIES, MacTable},
     map_names,
@@ -21,8 +21,9 @@ use ipnet::IpNet;
 
 use crate::{
     error::{GuardError, Result},
+    exception::{ExcKey, ExcOp},
     pins::Location,
-    policy::{Classes, Op, Policy, plan},
+    policy::{Classes, Op, Policy, plan_reserving},
 };
 
 /// All of guard's maps.
@@ -37,6 +38,8 @@ pub struct GuardMaps {
     pub event_lease: Array<MapData, EventReader>,
     pub event_stats: PerCpuArray<MapData, EventStats>,
     pub tunnel_ports: Array<MapData, PortSet>,
+    pub exceptions_v4: LpmTrie<MapData, Exception4, RuleValue>,
+    pub exceptions_v6: LpmTrie<MapData, Exception6, RuleValue>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T>
@@ -87,6 +90,8 @@ impl GuardMaps {
             event_lease: typed(map_names::EVENT_LEASE, map(map_names::EVENT_LEASE)?)?,
             event_stats: typed(map_names::EVENT_STATS, map(map_names::EVENT_STATS)?)?,
             tunnel_ports: typed(map_names::TUNNEL_PORTS, map(map_names::TUNNEL_PORTS)?)?,
+            exceptions_v4: typed(map_names::EXCEPTIONS_V4, map(map_names::EXCEPTIONS_V4)?)?,
+            exceptions_v6: typed(map_names::EXCEPTIONS_V6, map(map_names::EXCEPTIONS_V6)?)?,
         })
     }
 
@@ -282,9 +287,11 @@ impl GuardMaps {
     }
 
     /// Makes the tries hold `policy`, without a window. Returns the number of map writes.
+    /// New rule ids avoid those of the exceptions in force (they share the hit counters).
     pub fn set_policy(&mut self, policy: &Policy, classes: &mut Classes) -> Result<usize> {
         let current = self.rules()?;
-        let ops = plan(&current, policy, classes)?;
+        let reserved: BTreeSet<u32> = self.exceptions()?.values().map(|v| v.rule_id).collect();
+        let ops = plan_reserving(&current, policy, classes, &reserved)?;
         let old_ids: BTreeSet<u32> = current.values().map(|v| v.rule_id).collect();
         for op in &ops {
             // A freshly allocated id may have hits left from a rule deleted earlier.
@@ -296,6 +303,110 @@ impl GuardMaps {
         }
         self.apply(&ops)?;
         Ok(ops.len())
+    }
+
+    /// The live entries of both exception tries.
+    pub fn exceptions(&self) -> Result<BTreeMap<ExcKey, RuleValue>> {
+        let bad = |name: &str, e: ipnet::PrefixLenError| {
+            GuardError::Policy(format!("bad key in {name}: {e}"))
+        };
+        let addr_len = |k: u32| k.saturating_sub(guard_common::EXCEPTION_FIXED_BITS) as u8;
+        let mut out = BTreeMap::new();
+        for item in &self.exceptions_v4 {
+            let (k, v) = item.map_err(|e| GuardError::map(map_names::EXCEPTIONS_V4, e))?;
+            let d = k.data();
+            let net = IpNet::new(IpAddr::from(d.addr), addr_len(k.prefix_len()))
+                .map_err(|e| bad(map_names::EXCEPTIONS_V4, e))?;
+            let key = ExcKey {
+                scope: d.scope,
+                proto: d.proto,
+                dport: u16::from_be_bytes(d.dport),
+                net,
+            };
+            out.insert(key, v);
+        }
+        for item in &self.exceptions_v6 {
+            let (k, v) = item.map_err(|e| GuardError::map(map_names::EXCEPTIONS_V6, e))?;
+            let d = k.data();
+            let net = IpNet::new(IpAddr::from(d.addr), addr_len(k.prefix_len()))
+                .map_err(|e| bad(map_names::EXCEPTIONS_V6, e))?;
+            let key = ExcKey {
+                scope: d.scope,
+                proto: d.proto,
+                dport: u16::from_be_bytes(d.dport),
+                net,
+            };
+            out.insert(key, v);
+        }
+        Ok(out)
+    }
+
+    /// Makes the exception tries hold `desired` (see `exception::plan`: new entries before
+    /// stale ones go), moves the generation on as [`apply`](Self::apply) does, and sets
+    /// `GLOBAL_FLAG_EXCEPTIONS` exactly when an entry is installed (turned on after the
+    /// entries are in, off before the last ones go). Returns the number of trie writes.
+    pub fn set_exceptions(&mut self, desired: &BTreeMap<ExcKey, RuleValue>) -> Result<usize> {
+        let current = self.exceptions()?;
+        let ops = crate::exception::plan(&current, desired);
+        if desired.is_empty() {
+            self.set_exception_flag(false)?;
+        }
+        let written = self.write_exception_ops(&ops);
+        let bumped = if ops.is_empty() {
+            Ok(())
+        } else {
+            self.bump_generation()
+        };
+        written.and(bumped)?;
+        if !desired.is_empty() {
+            self.set_exception_flag(true)?;
+        }
+        Ok(ops.len())
+    }
+
+    fn set_exception_flag(&mut self, on: bool) -> Result<()> {
+        let cfg = self.config()?;
+        let flags = if on {
+            cfg.flags | GLOBAL_FLAG_EXCEPTIONS
+        } else {
+            cfg.flags & !GLOBAL_FLAG_EXCEPTIONS
+        };
+        if flags != cfg.flags {
+            self.set_config(GlobalConfig { flags, ..cfg })?;
+        }
+        Ok(())
+    }
+
+    fn write_exception_ops(&mut self, ops: &[ExcOp]) -> Result<()> {
+        let e4 = |e| GuardError::map(map_names::EXCEPTIONS_V4, e);
+        let e6 = |e| GuardError::map(map_names::EXCEPTIONS_V6, e);
+        for op in ops {
+            match op {
+                ExcOp::Upsert(k, v) => {
+                    if let Some(d) = k.v4() {
+                        self.exceptions_v4
+                            .insert(&Key::new(k.prefix_len(), d), *v, 0)
+                            .map_err(e4)?;
+                    } else if let Some(d) = k.v6() {
+                        self.exceptions_v6
+                            .insert(&Key::new(k.prefix_len(), d), *v, 0)
+                            .map_err(e6)?;
+                    }
+                }
+                ExcOp::Delete(k) => {
+                    if let Some(d) = k.v4() {
+                        self.exceptions_v4
+                            .remove(&Key::new(k.prefix_len(), d))
+                            .map_err(e4)?;
+                    } else if let Some(d) = k.v6() {
+                        self.exceptions_v6
+                            .remove(&Key::new(k.prefix_len(), d))
+                            .map_err(e6)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Counters of the given port slots, summed over CPUs: `slot -> [Counter; REASON_SLOTS]`.

@@ -172,6 +172,9 @@ pub struct Options {
     /// Like `added`.
     #[serde(default, skip_serializing)]
     pub removed: Vec<ipnet::IpNet>,
+    /// Allow rules scoped to a VM, a port or all, with a protocol and port (`exception`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exceptions: Vec<crate::exception::ExceptionSpec>,
     /// MACs added to the discovered host set.
     pub extra_macs: Vec<String>,
     /// Ports in monitor mode while the rest enforce.
@@ -201,6 +204,7 @@ impl Default for Options {
             exclude: Vec::new(),
             added: Vec::new(),
             removed: Vec::new(),
+            exceptions: Vec::new(),
             extra_macs: Vec::new(),
             monitor_ports: Vec::new(),
             event_rate: None,
@@ -230,12 +234,21 @@ pub struct Edits {
     /// Prefixes removed, also from the configured and the discovered set.
     #[serde(default)]
     pub removed: Vec<ipnet::IpNet>,
+    /// Exceptions added; each replaces a configured one with its identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exceptions: Vec<crate::exception::ExceptionSpec>,
+    /// Configured exceptions removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_exceptions: Vec<crate::exception::ExceptionSpec>,
 }
 
 impl Edits {
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty()
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.exceptions.is_empty()
+            && self.removed_exceptions.is_empty()
     }
 }
 

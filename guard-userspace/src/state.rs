@@ -90,6 +90,8 @@ pub enum Item {
     HostMacs,
     /// The prefixes in the tries.
     Policy,
+    /// The exceptions (scoped allow rules) in their tries.
+    Exceptions,
     /// One port's hook and port-table entry.
     Port { name: String, ifindex: u32 },
     /// The interfaces the route check lets guests be routed out of (bridge, uplinks).
@@ -104,6 +106,7 @@ impl std::fmt::Display for Item {
             Self::GlobalConfig => f.write_str("global config"),
             Self::HostMacs => f.write_str("host MAC set"),
             Self::Policy => f.write_str("policy"),
+            Self::Exceptions => f.write_str("exceptions"),
             Self::Port { name, .. } => write!(f, "port {name}"),
             Self::Egress => f.write_str("uplinks"),
             Self::Replies => f.write_str("reply recorder"),
@@ -156,6 +159,9 @@ pub struct State {
     /// The UDP tunnel ports in force.
     #[serde(default)]
     pub tunnel_ports: Vec<u16>,
+    /// The exceptions in force, as the last reconcile resolved them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exceptions: Vec<crate::exception::ExceptionState>,
     /// The reply recorder's hook on the bridge's egress, when replies are on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_hook: Option<ReplyHook>,

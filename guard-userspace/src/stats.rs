@@ -90,7 +90,9 @@ fn port_stats(name: String, ifindex: u32, slot: u32, mode: String, row: &[Counte
         p.reasons.insert(reason::name(r), c);
         if reason::is_drop(r) {
             p.dropped.add(c);
-        } else if r >= reason::MONITOR_IPV4 {
+        } else if reason::is_monitor(r) {
+            // Not `>= MONITOR_IPV4`: `exception` and `reply` come after the monitor codes
+            // and are passes, not would-drops.
             p.monitored.add(c);
         }
     }

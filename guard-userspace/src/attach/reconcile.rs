@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use guard_common::{
-    DEFAULT_TUNNEL_PORTS, GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_FIB_SKIP_NEIGH,
-    GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_NO_ROUTE_CHECK, GLOBAL_FLAG_REPLIES, GLOBAL_FLAG_STRICT_MAC,
-    GlobalConfig, Mac, PORT_FLAG_EGRESS_OK, PortSet, event::DEFAULT_EVENT_RATE,
+    DEFAULT_TUNNEL_PORTS, GLOBAL_FLAG_ALLOW_TUNNELS, GLOBAL_FLAG_EXCEPTIONS,
+    GLOBAL_FLAG_FIB_SKIP_NEIGH, GLOBAL_FLAG_MONITOR, GLOBAL_FLAG_NO_ROUTE_CHECK,
+    GLOBAL_FLAG_REPLIES, GLOBAL_FLAG_STRICT_MAC, GlobalConfig, Mac, PORT_FLAG_EGRESS_OK, PortSet,
+    event::DEFAULT_EVENT_RATE,
 };
 
 use super::{Changes, Guard};
@@ -14,6 +15,8 @@ use crate::{
     attach::port_plan::Target,
     discovery::Discovery,
     error::{GuardError, Result, error_chain},
+    exception::{self, ExceptionState, PortRef},
+    identity,
     options::Settings,
     policy::Policy,
     state::{Failure, Item, ReplyHook, now},
@@ -50,6 +53,10 @@ impl Guard {
             Ok(writes) => changes.rule_writes = writes,
             Err(e) => changes.failures.push((Item::Policy, e)),
         }
+        match self.apply_exceptions(discovery) {
+            Ok(writes) => changes.rule_writes += writes,
+            Err(e) => changes.failures.push((Item::Exceptions, e)),
+        }
         match settings {
             Ok(s) => self.apply_ports(discovery, &s, &mut changes),
             Err(e) => changes.failures.push((Item::GlobalConfig, e)),
@@ -76,7 +83,8 @@ impl Guard {
     /// tunnel ports (the well-known ones, the host's tunnel devices', the configured).
     fn apply_global_config(&mut self, discovery: &Discovery) -> Result<()> {
         let o = &self.state.options;
-        let mut flags = 0;
+        // The exceptions item owns its flag (on exactly while entries are installed).
+        let mut flags = self.maps.config()?.flags & GLOBAL_FLAG_EXCEPTIONS;
         for (on, flag) in [
             (o.strict_mac, GLOBAL_FLAG_STRICT_MAC),
             (o.monitor, GLOBAL_FLAG_MONITOR),
@@ -218,6 +226,63 @@ impl Guard {
             .map(|(m, s)| (m.to_string(), s.clone()))
             .collect();
         Ok(changed)
+    }
+
+    /// Item: the exceptions, resolved now: a VM to the ports libvirt says are its taps, a
+    /// port by name, each with the bridge's own ifindex for the backstop (see `exception`).
+    /// Rule ids are kept across reconciles and share the prefix rules' id space. Returns
+    /// the map writes.
+    fn apply_exceptions(&mut self, discovery: &Discovery) -> Result<usize> {
+        let specs = exception::desired(&self.state.options, &self.state.edits);
+        let taps = identity::libvirt_taps(&identity::libvirt_run_dir());
+        let ports: Vec<PortRef> = discovery
+            .ports
+            .iter()
+            .map(|p| PortRef {
+                ifindex: p.index,
+                name: p.name.clone(),
+            })
+            .collect();
+        let bridge = PortRef {
+            ifindex: discovery.bridge.index,
+            name: discovery.bridge.name.clone(),
+        };
+        let prefix_ids: BTreeSet<u32> = self.maps.rules()?.values().map(|v| v.rule_id).collect();
+        let (ids, fresh) = exception::assign_ids(&specs, &self.state.exceptions, &prefix_ids)?;
+        let resolved: Vec<Vec<PortRef>> = specs
+            .iter()
+            .map(|s| exception::resolve(s, &ports, &taps, &bridge))
+            .collect();
+        let scopes: Vec<Vec<u32>> = resolved
+            .iter()
+            .map(|r| r.iter().map(|p| p.ifindex).collect())
+            .collect();
+        let entries = exception::entries(
+            specs
+                .iter()
+                .zip(&ids)
+                .zip(&scopes)
+                .map(|((s, id), sc)| (s, *id, sc.as_slice())),
+            &mut self.state.classes,
+        );
+        // A fresh id may have hits left from a rule deleted earlier; zero them before the
+        // entries that count into them go in.
+        for id in &fresh {
+            self.maps.reset_rule_hits(*id)?;
+        }
+        let writes = self.maps.set_exceptions(&entries)?;
+        self.state.exceptions = specs
+            .into_iter()
+            .zip(ids)
+            .zip(scopes.into_iter().zip(resolved))
+            .map(|((spec, rule_id), (scopes, r))| ExceptionState {
+                spec,
+                rule_id,
+                scopes,
+                ports: r.into_iter().map(|p| p.name).collect(),
+            })
+            .collect();
+        Ok(writes)
     }
 
     /// Item: the policy (window-free order, see `policy::plan`). Returns the map writes.

@@ -66,21 +66,31 @@ pub fn del_rules(edits: &mut Edits, in_force: &Policy, nets: &[IpNet]) -> Result
 /// `guardctl rules reset`: forgets the live edits of `nets` (all of them when empty), so the
 /// configured and discovered rules apply again. Each named prefix must have an edit.
 pub fn reset_edits(edits: &mut Edits, nets: &[IpNet]) -> Result<usize> {
+    let count = |e: &Edits| {
+        e.added.len() + e.removed.len() + e.exceptions.len() + e.removed_exceptions.len()
+    };
     if nets.is_empty() {
-        let n = edits.added.len() + edits.removed.len();
+        let n = count(edits);
         *edits = Edits::default();
         return Ok(n);
     }
-    if let Some(n) = nets
-        .iter()
-        .find(|n| !edits.removed.contains(n) && !edits.added.iter().any(|r| r.net == **n))
-    {
+    if let Some(n) = nets.iter().find(|n| {
+        !edits.removed.contains(n)
+            && !edits.added.iter().any(|r| r.net == **n)
+            && !edits
+                .exceptions
+                .iter()
+                .chain(&edits.removed_exceptions)
+                .any(|e| e.net == **n)
+    }) {
         return Err(GuardError::NoEdit(*n));
     }
-    let before = edits.added.len() + edits.removed.len();
+    let before = count(edits);
     edits.added.retain(|r| !nets.contains(&r.net));
     edits.removed.retain(|n| !nets.contains(n));
-    Ok(before - edits.added.len() - edits.removed.len())
+    edits.exceptions.retain(|e| !nets.contains(&e.net));
+    edits.removed_exceptions.retain(|e| !nets.contains(&e.net));
+    Ok(before - count(edits))
 }
 
 /// The options that give, with no live edits, the same policy as `options` with `edits`:
@@ -117,6 +127,13 @@ pub fn options_with_edits(options: &Options, edits: &Edits, discovered: &[RuleSp
             Action::Allow => o.allow.push(r),
         }
     }
+    o.exceptions = crate::exception::desired(options, edits)
+        .into_iter()
+        .map(|mut e| {
+            "config".clone_into(&mut e.source);
+            e
+        })
+        .collect();
     o
 }
 

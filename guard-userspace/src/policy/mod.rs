@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     discovered::{default_protected, guest_networks},
     edit::{add_rules, del_rules, options_with_edits, reset_edits},
-    plan::{Classes, Op, plan},
+    plan::{Classes, Op, plan, plan_reserving},
 };
 pub use crate::rule::{
     Action, PrefixError, RuleArg, RuleSpec, default_class, origin, parse_allow, parse_net,

@@ -114,7 +114,19 @@ pub fn plan(
     desired: &Policy,
     classes: &mut Classes,
 ) -> Result<Vec<Op>> {
+    plan_reserving(current, desired, classes, &BTreeSet::new())
+}
+
+/// [`plan`], with new rule ids also avoiding `reserved`: the ids of the exceptions, which
+/// share the hit counters (`GUARD_RULE_HITS`) and so the id space with the prefix rules.
+pub fn plan_reserving(
+    current: &BTreeMap<IpNet, RuleValue>,
+    desired: &Policy,
+    classes: &mut Classes,
+    reserved: &BTreeSet<u32>,
+) -> Result<Vec<Op>> {
     let mut used: BTreeSet<u32> = current.values().map(|v| v.rule_id).collect();
+    used.extend(reserved);
     let mut next_free = 1u32;
     let mut alloc = |used: &mut BTreeSet<u32>| -> Result<u32> {
         while used.contains(&next_free) {
@@ -293,5 +305,29 @@ mod tests {
             apply(&mut state, op);
         }
         assert_eq!(state[&parse_net("10.0.0.0/8").expect("ok")].rule_id, id);
+    }
+
+    #[test]
+    fn new_prefix_ids_skip_the_exceptions_ids() {
+        let p = Policy::from_rules([
+            parse_protect("10.0.0.0/8=storage", "t").expect("ok"),
+            parse_allow("10.1.0.0/16", "t").expect("ok"),
+        ])
+        .expect("ok");
+        let ops = plan_reserving(
+            &BTreeMap::new(),
+            &p,
+            &mut Classes::default(),
+            &[1, 2].into(),
+        )
+        .expect("plan");
+        let ids: BTreeSet<u32> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Upsert(_, v) => Some(v.rule_id),
+                Op::Delete(_) => None,
+            })
+            .collect();
+        assert_eq!(ids, [3, 4].into());
     }
 }

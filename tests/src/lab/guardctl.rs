@@ -27,6 +27,8 @@ pub const RUN_ROOT: &str = "/run/guard";
 #[derive(Clone, Debug)]
 pub struct Guardctl {
     path: PathBuf,
+    /// Environment given to every run (`GUARD_LIBVIRT_RUN_DIR` for a fake libvirt).
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Guardctl {
@@ -38,7 +40,10 @@ impl Guardctl {
             if !path.is_file() {
                 bail!("GUARDCTL={} is not a file", path.display());
             }
-            return Ok(Self { path });
+            return Ok(Self {
+                path,
+                env: Vec::new(),
+            });
         }
         let exe = std::env::current_exe().context("locating the running executable")?;
         let dir = exe.parent().context("executable without a directory")?;
@@ -50,7 +55,10 @@ impl Guardctl {
         candidates
             .iter()
             .find(|p| p.is_file())
-            .map(|p| Self { path: p.clone() })
+            .map(|p| Self {
+                path: p.clone(),
+                env: Vec::new(),
+            })
             .with_context(|| {
                 format!(
                     "guardctl not found ({}); build it first with \
@@ -70,10 +78,18 @@ impl Guardctl {
         &self.path
     }
 
+    /// This guardctl, run with `key=value` in its environment (the agent too).
+    #[must_use]
+    pub fn with_env(mut self, key: &str, value: impl Into<PathBuf>) -> Self {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
     /// `guardctl [--netns NS] ARGS...`, not yet run.
     #[must_use]
     pub fn command(&self, netns: Option<&str>, args: &[&str]) -> Command {
         let mut c = Command::new(&self.path);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(ns) = netns {
             c.args(["--netns", ns]);
         }

@@ -12,3 +12,16 @@ pub const UNGUARDED: u8 = 3;
 /// Bad arguments, including a value that does not validate (a CIDR, a hook, a MAC):
 /// `EX_USAGE` from sysexits.h.
 pub const USAGE: u8 = 64;
+
+/// A usage error found after parsing (an argument that only fails with another one, such as
+/// `--dport` without `--proto tcp|udp`): `main` exits with [`USAGE`] for it.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}

@@ -140,7 +140,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("guardctl: {e:#}");
-            if matches!(cli.command, Command::Audit(_)) {
+            if e.downcast_ref::<exit::Usage>().is_some() {
+                ExitCode::from(exit::USAGE)
+            } else if matches!(cli.command, Command::Audit(_)) {
                 ExitCode::from(audit::error_status())
             } else {
                 ExitCode::from(exit::ERROR)

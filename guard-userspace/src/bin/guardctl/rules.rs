@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use guard::{
     attach::{Guard, embedded_object},
+    exception::{self, ExceptionSpec, parse_dport, parse_proto},
     policy::{self, Action, RuleArg, default_protected, parse_net},
     state::State,
 };
@@ -17,6 +18,45 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{Cli, attach::discover, exit, output};
+
+/// The selectors that turn an `--allow` into an exception: an allow scoped to a VM or a
+/// port, for one protocol and destination port. Without any of them, `--allow` is a prefix
+/// allow rule as before.
+#[derive(Args, Clone, Default)]
+struct Selectors {
+    /// Only for the ports of this libvirt domain (resolved at every reconcile: a restarted
+    /// or migrated VM gets its holes on its new tap).
+    #[arg(long, value_name = "NAME", conflicts_with = "iface")]
+    vm: Option<String>,
+    /// Only for this bridge port (interface name, resolved at every reconcile).
+    #[arg(long, value_name = "PORT")]
+    iface: Option<String>,
+    /// Only this IP protocol: tcp, udp, icmp, icmpv6, any, or a number.
+    #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
+    proto: Option<u8>,
+    /// Only this destination port (1-65535; needs --proto tcp or udp).
+    #[arg(long, value_name = "PORT", value_parser = parse_dport)]
+    dport: Option<u16>,
+}
+
+impl Selectors {
+    fn any(&self) -> bool {
+        self.vm.is_some() || self.iface.is_some() || self.proto.is_some() || self.dport.is_some()
+    }
+
+    /// The exceptions these selectors make of `allow` (usage errors name the argument).
+    fn specs(&self, allow: &[RuleArg]) -> Result<Vec<ExceptionSpec>> {
+        exception::specs_of(
+            allow,
+            self.vm.as_deref(),
+            self.iface.as_deref(),
+            self.proto.unwrap_or(0),
+            self.dport.unwrap_or(0),
+            "rules",
+        )
+        .map_err(|e| exit::Usage(e.to_string()).into())
+    }
+}
 
 #[derive(Args)]
 #[command(after_help = "\
@@ -39,7 +79,10 @@ enum RulesCommand {
     },
     /// Add protected or allowed prefixes, live and kept (see below). A prefix whose rule in
     /// force has the other action is refused unless --replace. To narrow a protected range
-    /// safely, add an allow hole: it is in place before anything else changes.
+    /// safely, add an allow hole: it is in place before anything else changes. With --vm,
+    /// --iface, --proto or --dport, each --allow is an exception instead: a hole for that VM
+    /// or port (else every port), protocol and destination port only, e.g.
+    /// `--allow 10.20.0.5/32 --vm backup01 --proto tcp --dport 3260`.
     #[command(group(clap::ArgGroup::new("rules").required(true).multiple(true).args(["protect", "allow"])))]
     Add {
         bridge: String,
@@ -52,13 +95,18 @@ enum RulesCommand {
         /// turned into an allowed one, for instance).
         #[arg(long)]
         replace: bool,
+        #[command(flatten)]
+        selectors: Selectors,
     },
     /// Remove prefixes in force (also from the configured and the discovered set), until
-    /// `rules reset`. A prefix not in force is an error.
+    /// `rules reset`. A prefix not in force is an error. With --vm, --iface, --proto or
+    /// --dport: remove the exceptions with exactly these selectors instead.
     Del {
         bridge: String,
         #[arg(value_name = "CIDR", required = true, value_parser = parse_net)]
         prefixes: Vec<IpNet>,
+        #[command(flatten)]
+        selectors: Selectors,
     },
     /// Forget live edits (of the prefixes given, else all): the configured and discovered
     /// rules apply again.
@@ -93,6 +141,7 @@ struct RulesJson<'a> {
     bridge: &'a str,
     rules: Vec<RuleView>,
     removed: Vec<String>,
+    exceptions: Vec<output::ExceptionView>,
 }
 
 pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
@@ -103,6 +152,14 @@ pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
             protect,
             allow,
             replace,
+            selectors,
+        } if selectors.any() => add_scoped(cli, bridge, protect, allow, selectors).await,
+        RulesCommand::Add {
+            bridge,
+            protect,
+            allow,
+            replace,
+            ..
         } => {
             let new: Vec<(RuleArg, Action)> = protect
                 .iter()
@@ -120,7 +177,14 @@ pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
             }
             Ok(code)
         }
-        RulesCommand::Del { bridge, prefixes } => {
+        RulesCommand::Del {
+            bridge,
+            prefixes,
+            selectors,
+        } if selectors.any() => del_scoped(cli, bridge, prefixes, selectors).await,
+        RulesCommand::Del {
+            bridge, prefixes, ..
+        } => {
             change(cli, bridge, |s| {
                 policy::del_rules(&mut s.edits, &s.policy, prefixes)
             })
@@ -138,6 +202,66 @@ pub async fn run(cli: &Cli, a: &RulesArgs) -> Result<ExitCode> {
         }
         RulesCommand::Save { bridge, config } => save(cli, bridge, config.as_ref()).await,
     }
+}
+
+/// `rules add` with selectors: exceptions.
+async fn add_scoped(
+    cli: &Cli,
+    bridge: &str,
+    protect: &[RuleArg],
+    allow: &[RuleArg],
+    selectors: &Selectors,
+) -> Result<ExitCode> {
+    if !protect.is_empty() {
+        return Err(exit::Usage(exception::ExceptionError::ProtectScoped.to_string()).into());
+    }
+    if allow.is_empty() {
+        return Err(exit::Usage(
+            "--vm, --iface, --proto and --dport need an --allow CIDR".to_owned(),
+        )
+        .into());
+    }
+    let specs = selectors.specs(allow)?;
+    let code = change(cli, bridge, |s| {
+        exception::add_exceptions(&mut s.edits, &specs);
+        Ok(())
+    })
+    .await?;
+    let state = State::load(&cli.location(bridge))?.unwrap_or_default();
+    for v in output::exception_views(&state, None)
+        .iter()
+        .filter(|v| specs.iter().any(|s| s.net.to_string() == v.prefix))
+    {
+        println!("guard: {bridge}: in force: {}", output::exception_line(v));
+    }
+    Ok(code)
+}
+
+/// `rules del` with selectors: the exceptions with exactly these selectors.
+async fn del_scoped(
+    cli: &Cli,
+    bridge: &str,
+    prefixes: &[IpNet],
+    selectors: &Selectors,
+) -> Result<ExitCode> {
+    let args: Vec<RuleArg> = prefixes
+        .iter()
+        .map(|n| RuleArg {
+            net: *n,
+            class: None,
+        })
+        .collect();
+    let ids: Vec<_> = selectors
+        .specs(&args)?
+        .iter()
+        .map(ExceptionSpec::id)
+        .collect();
+    change(cli, bridge, |s| {
+        let in_force = exception::desired(&s.options, &s.edits);
+        let configured = s.options.exceptions.clone();
+        exception::del_exceptions(&mut s.edits, &configured, &in_force, &ids)
+    })
+    .await
 }
 
 fn list(cli: &Cli, bridge: &str, json: bool) -> Result<ExitCode> {
@@ -167,6 +291,8 @@ fn list(cli: &Cli, bridge: &str, json: bool) -> Result<ExitCode> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    let maps = guard::maps::GuardMaps::open(&loc).ok();
+    let exceptions = output::exception_views(&state, maps.as_ref());
     if json {
         output::print_json(&output::Schema::new(
             "rules",
@@ -174,6 +300,7 @@ fn list(cli: &Cli, bridge: &str, json: bool) -> Result<ExitCode> {
                 bridge,
                 rules,
                 removed,
+                exceptions,
             },
         ))?;
     } else {
@@ -191,6 +318,12 @@ fn list(cli: &Cli, bridge: &str, json: bool) -> Result<ExitCode> {
         if !removed.is_empty() {
             println!("removed live: {}", removed.join(", "));
         }
+        if !exceptions.is_empty() {
+            println!("exceptions:");
+            for e in &exceptions {
+                println!("  {}", output::exception_line(e));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -206,6 +339,7 @@ async fn change(
     let mut g = Guard::adopt(&loc, embedded_object())
         .with_context(|| format!("opening bridge {bridge:?}"))?;
     let before = g.state().policy.clone();
+    let before_exc: Vec<_> = g.state().exceptions.iter().map(|e| e.spec.id()).collect();
     let changes = g
         .update(&found, edit)
         .with_context(|| format!("changing the policy of {bridge:?}"))?;
@@ -222,6 +356,12 @@ async fn change(
         .iter()
         .filter(|r| !g.state().policy.rules.contains(r))
         .count();
+    let after_exc: Vec<_> = g.state().exceptions.iter().map(|e| e.spec.id()).collect();
+    let exc_added = after_exc.iter().filter(|e| !before_exc.contains(e)).count();
+    let exc_removed = before_exc.iter().filter(|e| !after_exc.contains(e)).count();
+    if exc_added + exc_removed > 0 {
+        println!("guard: {bridge}: {exc_added} exception(s) added, {exc_removed} removed");
+    }
     println!(
         "guard: {bridge}: {added} prefix(es) added, {removed} removed ({} map writes); \
          live edits persist until `rules del`/`rules reset`/`detach` (`rules save` keeps them \

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 mod text;
 
-pub use self::text::describe;
+pub use self::text::{describe, exception_line};
 
 /// The version of every JSON shape guardctl prints; bump it for a verb whose shape changes
 /// incompatibly (a field removed or changing meaning; new fields are compatible).
@@ -84,6 +84,68 @@ pub struct PrefixView {
     pub live: bool,
 }
 
+/// One exception (a scoped allow rule with protocol and port) as `status` and `rules list`
+/// show it.
+#[derive(Serialize)]
+pub struct ExceptionView {
+    pub prefix: String,
+    /// `all`, `vm` or `iface`.
+    pub scope: &'static str,
+    pub vm: Option<String>,
+    pub iface: Option<String>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `any` or a number.
+    pub proto: String,
+    /// The destination port, `None` for any.
+    pub dport: Option<u16>,
+    pub class: String,
+    pub source: String,
+    pub rule_id: u32,
+    /// Hits on its entries (`None` when the counters cannot be read).
+    pub hits: Option<u64>,
+    /// Added live (`guardctl rules add`).
+    pub live: bool,
+    /// Installed for at least one port (a VM or port with no port on the bridge: false).
+    pub resolved: bool,
+    /// The interfaces its entries are scoped to (the bridge's backstop included).
+    pub ports: Vec<String>,
+    pub ifindexes: Vec<u32>,
+    /// `not resolved (no port)` when it is not.
+    pub note: Option<String>,
+}
+
+/// The exceptions of a state, with hits from `maps` when given.
+pub fn exception_views(s: &State, maps: Option<&guard::maps::GuardMaps>) -> Vec<ExceptionView> {
+    s.exceptions
+        .iter()
+        .map(|e| {
+            let spec = &e.spec;
+            let scope = match spec.scope() {
+                guard::exception::Scope::All => "all",
+                guard::exception::Scope::Vm(_) => "vm",
+                guard::exception::Scope::Iface(_) => "iface",
+            };
+            let resolved = e.resolved();
+            ExceptionView {
+                prefix: spec.net.to_string(),
+                scope,
+                vm: spec.vm.clone(),
+                iface: spec.iface.clone(),
+                proto: guard::exception::proto_name(spec.proto),
+                dport: (spec.dport != 0).then_some(spec.dport),
+                class: spec.class.clone(),
+                source: spec.source.clone(),
+                rule_id: e.rule_id,
+                hits: maps.and_then(|m| m.rule_hits(e.rule_id).ok()),
+                live: s.edits.exceptions.iter().any(|x| x.id() == spec.id()),
+                resolved,
+                ports: e.ports.clone(),
+                ifindexes: e.scopes.clone(),
+                note: (!resolved).then(|| "not resolved (no port)".to_owned()),
+            }
+        })
+        .collect()
+}
+
 /// How healthy a bridge (or a whole `status` run) is; the worst wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +202,8 @@ pub struct StatusView {
     pub allowed: Vec<PrefixView>,
     /// Prefixes taken out live (`guardctl rules del`).
     pub removed: Vec<String>,
+    /// Allow rules scoped to a VM, a port or all, with a protocol and destination port.
+    pub exceptions: Vec<ExceptionView>,
     pub host_macs: BTreeMap<String, String>,
     /// What the last reconcile could not apply.
     pub failures: Vec<Failure>,
@@ -280,6 +344,13 @@ pub async fn status_of(
         protected: view(Action::Deny),
         allowed: view(Action::Allow),
         removed: s.edits.removed.iter().map(ToString::to_string).collect(),
+        exceptions: exception_views(
+            s,
+            guard::maps::GuardMaps::open(loc)
+                .ok()
+                .filter(|_| attached)
+                .as_ref(),
+        ),
         host_macs: s.host_macs.clone(),
         failures: s.failures.clone(),
     }

@@ -738,7 +738,8 @@ fn judged_by_destination_alone(f: &Frame<'_>, o: usize, v6: bool, policy: &Polic
             && (policy.allow_tunnels || !is_tunnel_upper_layer(f, nh, o + 40, policy))
     } else {
         let hlen = 4 * usize::from(f.byte(o) & 0xf);
-        let first_fragment = f.u16(o + 6) & 0x1fff == 0;
+        let fragment_offset = f.u16(o + 6) & 0x1fff;
+        let first_fragment = fragment_offset == 0;
         matches!(ipv4_source_routed(f, o, hlen), Ok(false))
             && !(!policy.allow_tunnels
                 && first_fragment

@@ -69,6 +69,41 @@ pub struct Variant {
     pub what: String,
     /// Steps 8-9 of the contract on (off: `GLOBAL_FLAG_NO_ROUTE_CHECK`).
     pub route_check: bool,
+    /// Step 10's replies on (`GLOBAL_FLAG_REPLIES`, as attach sets it by default).
+    pub replies: bool,
+    /// Step 10's exceptions: [`BENCH_EXCEPTIONS`] entries that match none of the paths (so a
+    /// drop pays every lookup and still drops).
+    pub exceptions: bool,
+}
+
+/// Exceptions in the `exceptions` variant.
+pub const BENCH_EXCEPTIONS: u32 = 16;
+
+/// `BENCH_EXCEPTIONS` per-port and all-port TCP holes to addresses no path sends to.
+fn bench_exceptions() -> Vec<guard_common::model::Exception> {
+    use guard_common::model::{Exception, Scope};
+    (0..BENCH_EXCEPTIONS)
+        .map(|i| {
+            let v6 = i % 2 == 1;
+            let n = u16::try_from(i).unwrap_or(0);
+            Exception {
+                scope: if i % 4 < 2 {
+                    Scope::Ifindex(crate::datapath::TEST_IFINDEX)
+                } else {
+                    Scope::All
+                },
+                proto: 6,
+                dport: 3260 + n,
+                addr: if v6 {
+                    std::net::IpAddr::from([0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, n + 1])
+                } else {
+                    std::net::IpAddr::from([198, 18, 255, u8::try_from(i + 1).unwrap_or(1)])
+                },
+                prefix_len: if v6 { 128 } else { 32 },
+                rule_id: 900_000 + i,
+            }
+        })
+        .collect()
 }
 
 /// The name of the built-in variant without the route check.
@@ -280,21 +315,44 @@ pub fn load(
     let mut variants = vec![
         Variant {
             name: "guard".into(),
-            what: "the object under test as attach configures it (route check on)".into(),
+            what: "the object under test as attach configures it (route check and replies on)"
+                .into(),
             route_check: true,
+            replies: true,
+            exceptions: false,
         },
         Variant {
             name: PREFIX_ONLY.into(),
             what: "the same object with prefix rules only (GLOBAL_FLAG_NO_ROUTE_CHECK)".into(),
             route_check: false,
+            replies: true,
+            exceptions: false,
+        },
+        Variant {
+            name: "no-replies".into(),
+            what: "the same object with replies off (--no-replies: step 10 skipped)".into(),
+            route_check: true,
+            replies: false,
+            exceptions: false,
+        },
+        Variant {
+            name: "exceptions".into(),
+            what: format!(
+                "the same object with {BENCH_EXCEPTIONS} exceptions installed, none matching"
+            ),
+            route_check: true,
+            replies: true,
+            exceptions: true,
         },
     ];
-    let mut objects = vec![object, object];
+    let mut objects = vec![object, object, object, object];
     for (label, obj) in candidates {
         variants.push(Variant {
             name: label.clone(),
-            what: "--candidate object (route check on)".into(),
+            what: "--candidate object (route check and replies on)".into(),
             route_check: true,
+            replies: true,
+            exceptions: false,
         });
         objects.push(obj);
     }
@@ -303,12 +361,18 @@ pub fn load(
         for (i, &n) in scale.policy_sizes.iter().enumerate() {
             let mut policy = workload::guard_policy(&workload::prefixes(n));
             policy.route_check = v.route_check;
+            policy.replies = v.replies;
+            if v.exceptions {
+                policy.exceptions = true;
+                policy.ingress_ifindex = crate::datapath::TEST_IFINDEX;
+                policy.exception_table = bench_exceptions();
+            }
             let dp = Datapath::load(obj, &policy)
                 .with_context(|| format!("loading {} with {n} prefixes", v.name))?;
             for hook in Hook::ALL {
                 // The program is the same at every size and with either setting: one row per
                 // object.
-                if i == 0 && v.name != PREFIX_ONLY {
+                if i == 0 && variant != 1 && variant != 2 && variant != 3 {
                     let label = if variant == 0 {
                         hook.name().to_owned()
                     } else {

@@ -30,7 +30,7 @@ mod route;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -226,7 +226,7 @@ pub fn guard_reply(ctx: TcContext) -> i32 {
     // SAFETY: `skb` points at the kernel's `__sk_buff` for this run.
     let from = unsafe { (*ctx.skb.skb).ingress_ifindex };
     reply::record(&ctx, from);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]
@@ -245,7 +245,10 @@ fn tc_verdict<const ALL_HOST_BOUND: bool>(ctx: &TcContext) -> i32 {
     if account(ctx, classify::<_, ALL_HOST_BOUND>(ctx)) {
         TC_ACT_SHOT
     } else {
-        TC_ACT_OK
+        // No objection, not a verdict: under TCX this is TCX_NEXT (the programs after guard
+        // still run; TC_ACT_OK would end the chain), on a cls_bpf filter the next filter runs;
+        // with nothing after it the frame passes.
+        TC_ACT_UNSPEC
     }
 }
 

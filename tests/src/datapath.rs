@@ -93,7 +93,7 @@ pub enum Hook {
     /// The bridge device's TC program (every frame host-bound).
     Bridge,
     /// The bridge device's TC egress program that records flows (`guard_reply`): always
-    /// `TC_ACT_OK`, judged by what it writes into `GUARD_FLOWS`. In none of the lists below.
+    /// `TC_ACT_UNSPEC`, judged by what it writes into `GUARD_FLOWS`. In none of the lists below.
     Reply,
 }
 
@@ -243,11 +243,13 @@ impl Datapath {
     /// userspace: the cheap call for bulk runs.
     pub fn verdict(&self, hook: Hook, frame: &[u8]) -> Result<bool> {
         let ret = self.test_run(hook, frame, 1)?.return_value;
-        // XDP_DROP = 1, XDP_PASS = 2; TC_ACT_OK = 0, TC_ACT_SHOT = 2. Anything else is a verdict
-        // guard never means to give (XDP_ABORTED = 0 would be a program error).
+        // XDP_DROP = 1, XDP_PASS = 2; TC_ACT_SHOT = 2, TC_ACT_UNSPEC = -1 (guard's TC pass:
+        // TCX_NEXT, so programs after it still run). Anything else is a verdict guard never
+        // means to give (XDP_ABORTED = 0 would be a program error, TC_ACT_OK would end a TCX
+        // chain).
         match (hook.is_tc(), ret) {
             (false, 1) | (true, 2) => Ok(true),
-            (false, 2) | (true, 0) => Ok(false),
+            (false, 2) | (true, u32::MAX) => Ok(false),
             _ => bail!("{} returned unexpected verdict {ret}", hook.name()),
         }
     }

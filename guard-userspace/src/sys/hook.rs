@@ -50,16 +50,14 @@ pub fn attach(progs: &mut Programs, loc: &Location, iface: &Target, mode: HookMo
         }
         HookMode::Tcx => {
             let tc = progs.tc_for(is_bridge)?;
-            // Appended after the TCX programs already there, not anchored first: guard passes
-            // with TC_ACT_OK, which is TCX_PASS and ends the TCX chain (`tcx_run` stops at the
-            // first verdict other than TCX_NEXT), so guard first would silently cut off every
-            // TCX program behind it. The price: a TCX program ahead of guard that returns
-            // TCX_PASS skips guard too (docs/datapath.md, "Sharing the hooks").
+            // Anchored first: a TCX program before guard that returned TC_ACT_OK (TCX_PASS)
+            // would end the chain and skip guard. Guard passes with TC_ACT_UNSPEC (TCX_NEXT),
+            // so the programs after it still run (docs/datapath.md, "Sharing the hooks").
             let id = tc
                 .attach_with_options(
                     &iface.name,
                     TcAttachType::Ingress,
-                    TcAttachOptions::TcxOrder(LinkOrder::last()),
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .map_err(|e| GuardError::program(program_names::TC, e))?;
             let link = tc
@@ -239,7 +237,7 @@ pub fn hook_reply(
         .attach_with_options(
             &bridge.name,
             TcAttachType::Egress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
         .and_then(|id| prog.take_link(id));
     if let Ok(link) = tcx {

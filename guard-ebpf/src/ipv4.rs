@@ -53,7 +53,7 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
         // Step 10 may lift it only when the packet is judged by its destination alone.
         if exception::enabled(cfg)
             && matches!(walk, Ok(false))
-            && !(first && !cfg.tunnels_allowed() && policy::is_tunnel(f, h.proto, o + hlen))
+            && (!first || cfg.tunnels_allowed() || !policy::is_tunnel(f, h.proto, o + hlen))
         {
             return Ok(deny.liftable());
         }

@@ -61,7 +61,7 @@ pub fn classify<F: Frame>(f: &F, o: usize, cfg: Config) -> Result<Outcome, Malfo
         let nh = h.next_hdr;
         if exception::enabled(cfg)
             && matches!(nh, NH_TCP | NH_UDP | NH_ICMPV6)
-            && !(!cfg.tunnels_allowed() && policy::is_tunnel(f, nh, o + Ipv6Hdr::LEN))
+            && (cfg.tunnels_allowed() || !policy::is_tunnel(f, nh, o + Ipv6Hdr::LEN))
         {
             return Ok(deny.liftable());
         }

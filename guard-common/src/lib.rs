@@ -63,13 +63,14 @@ pub mod map_names {
     pub const EXCEPTIONS_V4: &str = "GUARD_EXC_V4";
     pub const EXCEPTIONS_V6: &str = "GUARD_EXC_V6";
     pub const FLOWS: &str = "GUARD_FLOWS";
+    pub const FLOW_HINTS: &str = "GUARD_FLOW_HINTS";
     /// The per-CPU cache of prefix-trie answers (`VerdictCacheEntry`, by a hash of the
     /// address). Never pinned and never read by userspace: each load has its own, and an
     /// entry counts only for the [`GlobalConfig`](crate::GlobalConfig) generation it was
     /// filled in.
     pub const VERDICT_CACHE: &str = "GUARD_VCACHE";
     /// Every pinned map, in a fixed order (for pin management).
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         PORTS,
         MAC_TABLE,
@@ -85,6 +86,7 @@ pub mod map_names {
         EXCEPTIONS_V4,
         EXCEPTIONS_V6,
         FLOWS,
+        FLOW_HINTS,
     ];
 }
 
@@ -273,6 +275,20 @@ pub struct FlowKey {
     pub pad: [u8; 2],
 }
 
+/// Slots of the flow hints (`GUARD_FLOW_HINTS`): one per hash of a flow's two addresses, set
+/// (never cleared) when a flow between them is recorded. A guest's packet whose slot is unset
+/// is no reply, without the flow-table lookup (a flood of denied packets pays one array read).
+pub const FLOW_HINT_SLOTS: u32 = 1 << 16;
+
+/// The hint slot of `key`'s address pair (the same on both sides of the map).
+#[inline(always)]
+#[must_use]
+pub const fn flow_hint_slot(key: &FlowKey) -> u32 {
+    let g = key.guest[0] ^ key.guest[1] ^ key.guest[2] ^ key.guest[3];
+    let p = key.peer[0] ^ key.peer[1] ^ key.peer[2] ^ key.peer[3];
+    (g.wrapping_mul(0x9e37_79b1) ^ p).wrapping_mul(0x85eb_ca6b) >> 16
+}
+
 /// When a flow was last seen (`bpf_ktime_get_ns`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -379,6 +395,7 @@ const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(size_of::<Exception4>() == 12);
 const _: () = assert!(size_of::<Exception6>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(FLOW_HINT_SLOTS == 1 << 16);
 const _: () = assert!(MAX_PORT_SLOTS.is_power_of_two() && REASON_SLOTS.is_power_of_two());
 const _: () = assert!(reason::COUNT <= REASON_SLOTS);
 

@@ -12,14 +12,14 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use guard_common::{
     EXCEPTION_FIXED_BITS, Exception4, Exception6, FLOW_IDLE_ICMP_NS, FLOW_IDLE_TCP_NS,
     FLOW_IDLE_UDP_NS, FLOW_REFRESH_NS, FlowKey, FlowValue, GLOBAL_FLAG_EXCEPTIONS,
-    GLOBAL_FLAG_REPLIES, RuleValue, SCOPE_ALL, reason,
+    GLOBAL_FLAG_REPLIES, RuleValue, SCOPE_ALL, flow_hint_slot, reason,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     Outcome,
     frame::Frame,
-    maps::{EXCEPTIONS_V4, EXCEPTIONS_V6, FLOWS},
+    maps::{EXCEPTIONS_V4, EXCEPTIONS_V6, FLOW_HINTS, FLOWS},
     policy::Config,
 };
 
@@ -275,6 +275,10 @@ fn is_reply(p: &Packet) -> bool {
     let Some(key) = flow_key(p, false) else {
         return false;
     };
+    // No flow was ever recorded between these two addresses: no lookup.
+    if FLOW_HINTS.get(flow_hint_slot(&key)).is_none_or(|h| *h == 0) {
+        return false;
+    }
     let Some(v) = FLOWS.get_ptr_mut(key) else {
         return false;
     };

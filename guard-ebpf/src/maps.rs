@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    Counter, Exception4, Exception6, FlowKey, FlowValue, GlobalConfig, MAX_EXCEPTIONS, MAX_FLOWS,
-    MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE, PortConfig, PortSet, REASON_SLOTS,
-    RuleValue, VERDICT_CACHE_SLOTS, VerdictCacheEntry,
+    Counter, Exception4, Exception6, FLOW_HINT_SLOTS, FlowKey, FlowValue, GlobalConfig,
+    MAX_EXCEPTIONS, MAX_FLOWS, MAX_PORT_SLOTS, MAX_PREFIXES, MAX_RULES, PORT_TABLE_SIZE,
+    PortConfig, PortSet, REASON_SLOTS, RuleValue, VERDICT_CACHE_SLOTS, VerdictCacheEntry,
     event::{EVENT_RING_BYTES, EventReader, EventStats, EventWindow},
     mac::MacTable,
 };
@@ -89,3 +89,8 @@ pub static EXCEPTIONS_V6: LpmTrie<Exception6, RuleValue> =
 /// look. Least recently used entries make room.
 #[map(name = "GUARD_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Flow hints (`guard_common::flow_hint_slot`): 1 where `guard_reply` recorded a flow between
+/// the slot's addresses. Pinned with `GUARD_FLOWS`, which it summarises.
+#[map(name = "GUARD_FLOW_HINTS")]
+pub static FLOW_HINTS: Array<u32> = Array::with_max_entries(FLOW_HINT_SLOTS, 0);

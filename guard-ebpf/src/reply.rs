@@ -6,7 +6,9 @@
 //! packet.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use guard_common::{FLOW_REFRESH_NS, FlowValue, GLOBAL_FLAG_REPLIES, PORT_FLAG_EGRESS_OK};
+use guard_common::{
+    FLOW_REFRESH_NS, FlowValue, GLOBAL_FLAG_REPLIES, PORT_FLAG_EGRESS_OK, flow_hint_slot,
+};
 
 use crate::{
     eth::{self, ETH_HLEN, P_IPV4, P_IPV6},
@@ -15,7 +17,7 @@ use crate::{
         IPPROTO_UDP, TCP_ACK, TCP_SYN,
     },
     frame::Frame,
-    maps::{FLOWS, PORTS},
+    maps::{FLOW_HINTS, FLOWS, PORTS},
     policy::Config,
 };
 
@@ -76,6 +78,15 @@ pub fn record<F: Frame>(f: &F, from: u32) {
         return;
     }
     // A full table evicts its least recently used flow; a failed insert only means that
-    // flow's replies are judged like any other packet.
+    // flow's replies are judged like any other packet. The hint goes first: a reply that
+    // races the insert finds the hint and then looks the flow up.
+    let slot = flow_hint_slot(&key);
+    if let Some(h) = FLOW_HINTS.get_ptr_mut(slot)
+        // SAFETY: `h` points at the live array element; a racing writer writes the same 1.
+        && unsafe { *h } == 0
+    {
+        // SAFETY: as above.
+        unsafe { *h = 1 };
+    }
     let _ = FLOWS.insert(key, FlowValue { seen_ns: now }, 0);
 }

@@ -572,9 +572,17 @@ fn write_flows(ebpf: &mut Ebpf, flows: &[Flow]) -> Result<()> {
     let mut map: HashMap<_, FlowKey, FlowValue> =
         HashMap::try_from(map_mut(ebpf, map_names::FLOWS)?)?;
     let seen_ns = guard::events::monotonic_ns();
+    let mut slots = Vec::new();
     for flow in flows {
-        map.insert(flow_key(flow)?, FlowValue { seen_ns }, 0)
+        let key = flow_key(flow)?;
+        slots.push(guard_common::flow_hint_slot(&key));
+        map.insert(key, FlowValue { seen_ns }, 0)
             .with_context(|| format!("inserting flow {flow:?}"))?;
+    }
+    // The hints `guard_reply` would have set with them.
+    let mut hints: Array<_, u32> = Array::try_from(map_mut(ebpf, map_names::FLOW_HINTS)?)?;
+    for slot in slots {
+        hints.set(slot, 1, 0).context("setting a flow hint")?;
     }
     Ok(())
 }

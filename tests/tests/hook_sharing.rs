@@ -314,3 +314,89 @@ fn shared_xdp_problems(
     }
     p
 }
+
+/// A TCX program already on the port that passes every frame with `TC_ACT_OK` (`TCX_PASS`,
+/// which ends the TCX chain): guard's TCX link is anchored before it, so guard still judges
+/// every frame, and guard's pass (`TCX_NEXT`) lets it run after. Appended after it, as guard
+/// used to be, guard's port hook never saw a frame (the test attaches without the bridge's
+/// backstop, which would hide that).
+#[test]
+fn tcx_program_that_passes_does_not_hide_frames_from_guard() {
+    use guard_tests::bench::sys::{
+        BPF_PROG_TYPE_SCHED_CLS, BPF_TCX_INGRESS, TC_ACT_OK, link_create, load_constant_program,
+    };
+    use guard_tests::lab::netns::in_netns;
+    use std::os::fd::AsFd as _;
+
+    let _serial = serial();
+    let gctl = require_root();
+    let lab = Lab::build(Variant::Base).expect("build the lab");
+    let host = lab.ns(Role::Host).to_owned();
+    let pins = PinScope::new(&host).expect("pin scope");
+    let (port_name, port_ifindex) = {
+        let p = &lab.port(Role::G1).expect("g1's port").host;
+        (p.name.clone(), p.ifindex)
+    };
+    let attacker = Attacker::g1(&lab).expect("attacker g1");
+    let cases = attack::cases_named(&ATTACKS).expect("attack cases");
+    let opts = FireOptions::default();
+    let mut problems = Vec::new();
+    let mut report = format!("hook sharing, a TCX pass-all program on {port_name}\n");
+
+    // The other program: `r0 = TC_ACT_OK; exit`, on the port's TCX ingress (held by its link
+    // fd for the whole test; the namespace's end removes it anyway).
+    let link = in_netns(&host, || {
+        let prog = load_constant_program(BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK, "tcx_pass_all")?;
+        link_create(prog.as_fd(), port_ifindex, BPF_TCX_INGRESS, 0)
+    })
+    .expect("attach the TCX pass-all program");
+
+    let without = attack::fire(&lab, &attacker, &cases, opts).expect("fire without guard");
+    for r in &without {
+        let _ = writeln!(report, "  no guard:   {:<16} delivered {}", r.name, frac(r));
+        assert_eq!(r.delivered, r.sent, "{}: must work without guard", r.name);
+    }
+    let legit_without = legit::run_all(&lab, opts).expect("legit flows without guard");
+    // `--hook tc` is not in the list: a cls_bpf filter runs only when every TCX program
+    // returned TCX_NEXT, so no cls_bpf filter can see past a TCX program that passes
+    // (docs/datapath.md, "Sharing the hooks").
+    for hook in ["xdp", "tcx"] {
+        // Without the bridge device's backstop, which would drop these frames whatever
+        // happens on the port: the port's hook alone must stop them.
+        gctl.ok(
+            Some(&host),
+            &["attach", addr::BRIDGE, "--hook", hook, "--no-bridge-hook"],
+        )
+        .expect("attach");
+        let with = attack::fire(&lab, &attacker, &cases, opts).expect("fire with guard");
+        let before = gctl.stats(&host, addr::BRIDGE).expect("stats");
+        let legit_with = legit::run_all(&lab, opts).expect("legit flows with guard");
+        let after = gctl.stats(&host, addr::BRIDGE).expect("stats");
+        for r in &with {
+            let _ = writeln!(
+                report,
+                "  --hook {hook}: {:<16} delivered {}",
+                r.name,
+                frac(r)
+            );
+            if r.delivered != 0 {
+                problems.push(format!(
+                    "--hook {hook}: {} delivered {} next to a TCX program that passes",
+                    r.name,
+                    frac(r)
+                ));
+            }
+        }
+        let legit_drops = after.total_dropped() - before.total_dropped();
+        check::legit_report(
+            &mut report,
+            &mut problems,
+            (&legit_without, &legit_with),
+            legit_drops,
+        );
+        gctl.ok(Some(&host), &["detach", addr::BRIDGE])
+            .expect("detach");
+    }
+    drop(link);
+    finish(&report, pins, lab, &problems);
+}
